@@ -1,0 +1,102 @@
+"""Finding, reading and verifying nerfstudio checkpoints of ed-nerf runs (safely under torch >= 2.6).
+
+nerfstudio 1.1.5 calls `torch.load` without `weights_only`, and on some mismatches loads nothing without saying
+so. Here every load is `weights_only=True` (checkpoints hold only tensors and plain containers), and every
+expected parameter is checked, with one clear line when something does not fit.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+from torch import nn
+
+from ednerf_ns.errors import UserError
+
+ED_NERF_METHODS = ("ed-nerf", "ed-nerf-edit")
+_STEP = re.compile(r"^step-(\d+)\.ckpt$")
+
+
+@dataclass
+class SourceRun:
+    """An ed-nerf run on disk: its config.yml and the checkpoint to load."""
+
+    config_path: Path
+    checkpoint_path: Path
+    step: int
+    config: object
+
+
+def find_checkpoint(load_dir: Path, load_step: int | None) -> tuple[Path, int]:
+    """The newest (or `load_step`) `step-*.ckpt` in `load_dir`."""
+    load_dir = Path(load_dir).expanduser()
+    if not load_dir.is_dir():
+        raise UserError(f"--load-dir '{load_dir}' does not exist; pass the nerfstudio_models folder of an ed-nerf run")
+    steps = sorted(int(m.group(1)) for f in load_dir.iterdir() if (m := _STEP.match(f.name)))
+    if not steps:
+        raise UserError(f"--load-dir '{load_dir}' holds no step-*.ckpt checkpoint; did that training run save one?")
+    step = steps[-1] if load_step is None else load_step
+    if step not in steps:
+        raise UserError(f"--load-step {load_step} is not in '{load_dir}' (it has steps {steps})")
+    return load_dir / f"step-{step:09d}.ckpt", step
+
+
+def read_checkpoint(path: Path) -> dict:
+    """torch.load with weights_only=True, and a clear error for a damaged or foreign file."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"could not read checkpoint '{path}': {reason[:200]}") from None
+    if not isinstance(state, dict) or "pipeline" not in state:
+        raise UserError(f"'{path}' is not a nerfstudio checkpoint (no 'pipeline' state)")
+    return state
+
+
+def locate_source_run(load_dir: Path, load_step: int | None) -> SourceRun:
+    """Validate that `load_dir` is the nerfstudio_models folder of an ed-nerf run and describe it."""
+    ckpt, step = find_checkpoint(load_dir, load_step)
+    config_path = Path(load_dir).expanduser().parent / "config.yml"
+    if not config_path.is_file():
+        raise UserError(
+            f"no config.yml next to '{load_dir}'; --load-dir must be the nerfstudio_models folder inside an ed-nerf run"
+        )
+    try:
+        config = yaml.load(config_path.read_text(), Loader=yaml.Loader)
+    except Exception as exc:
+        raise UserError(f"could not read '{config_path}': {str(exc).splitlines()[0][:200]}") from None
+    method = getattr(config, "method_name", None)
+    if method not in ED_NERF_METHODS:
+        raise UserError(
+            f"'{load_dir}' belongs to a '{method}' run, not an ed-nerf run; train one with `ns-train ed-nerf` first"
+        )
+    return SourceRun(config_path=config_path, checkpoint_path=ckpt, step=step, config=config)
+
+
+def load_verified(module: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    """load_state_dict that names what is missing, unexpected or mis-shaped instead of a wall of text."""
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        if mismatched:
+            k = mismatched[0]
+            parts.append(
+                f"{len(mismatched)} of another shape (e.g. {k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)})"
+            )
+        hint = ""
+        if any("tcnn" in k for k in missing + unexpected):
+            hint = " - the runs use different field implementations (tcnn vs torch)"
+        raise UserError(f"{what} does not fit this model: {'; '.join(parts)}{hint}")
+    module.load_state_dict(state, strict=True)

@@ -1,0 +1,288 @@
+"""Whole-view datamanager that serves Stable Diffusion latents as training targets.
+
+Per image, once: load (with a clear error naming a broken file), undistort (nerfstudio's helper), composite RGBA
+over the scene background, resize so both sides are multiples of 8 (and the longer side at most
+`max_image_size`), update the camera intrinsics to match, VAE-encode (posterior mean x scaling factor) and cache
+the latent on disk, keyed by the exact encoder input and the VAE's weights. Dataset masks are resized alongside
+and area-averaged to latent resolution.
+
+Every batch is one whole view: `(camera at image resolution, data)` with
+- `image`  [H, W, 3] float in [0, 1] (the resized, composited image),
+- `latent` [4, H/8, W/8] float (the encoded target),
+- `latent_mask` [1, H/8, W/8] float in [0, 1] (only if the dataset has masks),
+- `mask` [H, W, 1] bool (only if the dataset has masks).
+Cameras stay at image resolution everywhere (viewer, eval, render); the model divides by 8 itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from nerfstudio.data.datamanagers.full_images_datamanager import (
+    FullImageDatamanager,
+    FullImageDatamanagerConfig,
+    _undistort_image,
+)
+from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
+from nerfstudio.data.datasets.base_dataset import InputDataset
+from nerfstudio.utils.rich_utils import CONSOLE
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from ednerf_ns.diffusion import LatentDiffusion
+from ednerf_ns.errors import UserError
+
+LATENT_SCALE = 8  # Stable Diffusion's VAE downsamples by 8 in each direction
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(root) / "ednerf_ns"
+
+
+@dataclass
+class LatentDatamanagerConfig(FullImageDatamanagerConfig):
+    """Serves whole views with their VAE latents; see the module docstring."""
+
+    _target: type = field(default_factory=lambda: LatentDatamanager)
+    max_image_size: int = 512
+    """Resize images so the longer side is at most this many pixels before encoding (Stable Diffusion 1.x works at
+    512). Both sides are then rounded to multiples of 8. 0 keeps the original size (rounded to multiples of 8)."""
+    background_color: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    """RGB in [0, 1] that transparent pixels of RGBA images are composited over, when the dataparser sets none."""
+    latent_cache: bool = True
+    """Cache encoded latents on disk so a second run on the same images and VAE skips the encoder."""
+    cache_dir: Path | None = None
+    """Where the latent (and segmentation-mask) cache lives; default $XDG_CACHE_HOME/ednerf_ns or ~/.cache/ednerf_ns."""
+    encode_batch_size: int = 8
+    """Images per VAE encoder call."""
+    cache_images: Literal["cpu", "gpu"] = "gpu"
+    """Keep images and latents on the training device ("gpu", which means the CPU on a CPU run) or in CPU memory."""
+
+
+class LatentDatamanager(FullImageDatamanager):
+    """FullImageDatamanager whose cached views carry VAE latents (and latent-resolution masks)."""
+
+    config: LatentDatamanagerConfig
+
+    def __init__(self, config: LatentDatamanagerConfig, device="cpu", test_mode="val", **kwargs) -> None:
+        check_dataset_path(config)
+        self._diffusion: LatentDiffusion | None = None
+        try:
+            super().__init__(config, device=device, test_mode=test_mode, **kwargs)
+        except (AssertionError, KeyError, ValueError, RuntimeError, FileNotFoundError, json.JSONDecodeError) as exc:
+            raise UserError(describe_dataset_error(config_data_path(config), exc)) from None
+
+    def set_diffusion(self, diffusion: LatentDiffusion) -> None:
+        """The VAE used to encode targets; must be set before the first batch is requested."""
+        self._diffusion = diffusion
+
+    # ------------------------------------------------------------------ loading
+    def _load_images(self, split: Literal["train", "eval"], cache_images_device: Literal["cpu", "gpu"]) -> list[dict]:
+        dataset = self.train_dataset if split == "train" else self.eval_dataset
+        items = [self._load_view(dataset, idx) for idx in range(len(dataset))]
+        self._attach_latents(items, split)
+        target = self.device if cache_images_device == "gpu" else "cpu"
+        for item in items:
+            for key, value in item.items():
+                if isinstance(value, Tensor):
+                    item[key] = value.to(target)
+        if split == "train":
+            self.train_cameras = self.train_dataset.cameras.to(self.device)
+        return items
+
+    def _load_view(self, dataset: InputDataset, idx: int) -> dict:
+        filename = dataset.image_filenames[idx]
+        try:
+            data = dataset.get_data(idx, image_type="float32")
+        except Exception as exc:  # PIL and nerfstudio raise many kinds for a broken file
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(
+                f"could not load image '{filename}': {reason}; replace the file or remove its frame"
+            ) from None
+        camera = dataset.cameras[idx].reshape(())
+        height, width = int(camera.height.item()), int(camera.width.item())
+        if tuple(data["image"].shape[:2]) != (height, width):
+            raise UserError(
+                f"image '{filename}' is {data['image'].shape[1]}x{data['image'].shape[0]} but its camera says "
+                f"{width}x{height}; fix w/h in the dataset's camera parameters"
+            )
+        if camera.distortion_params is not None and torch.any(camera.distortion_params != 0):
+            K, image, mask = _undistort_image(
+                camera,
+                camera.distortion_params.numpy(),
+                data,
+                data["image"].numpy(),
+                camera.get_intrinsics_matrices().numpy(),
+            )
+            data["image"] = torch.from_numpy(image)
+            if mask is not None:
+                data["mask"] = mask
+            fx, fy, cx, cy = float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2])
+            dataset.cameras.distortion_params[idx] = 0.0
+        else:
+            fx, fy, cx, cy = (float(v) for v in (camera.fx, camera.fy, camera.cx, camera.cy))
+        image = data["image"]
+        if image.shape[-1] == 4:  # RGBA that the dataparser did not composite
+            image = image[..., :3] * image[..., 3:] + torch.tensor(self.config.background_color) * (1 - image[..., 3:])
+        src_h, src_w = image.shape[:2]
+        new_h, new_w = target_size(src_h, src_w, self.config.max_image_size)
+        data["image"] = resize_image(image, new_h, new_w)
+        if "mask" in data:
+            data["mask"] = resize_mask(data["mask"], new_h, new_w)
+        # Keep the camera consistent with the resized image: intrinsics scale with each axis.
+        sx, sy = new_w / src_w, new_h / src_h
+        cams = dataset.cameras
+        cams.fx[idx], cams.cx[idx], cams.fy[idx], cams.cy[idx] = fx * sx, cx * sx, fy * sy, cy * sy
+        cams.width[idx], cams.height[idx] = new_w, new_h
+        return data
+
+    def _attach_latents(self, items: list[dict], split: str) -> None:
+        if self._diffusion is None:
+            raise RuntimeError("LatentDatamanager.set_diffusion must be called before images are requested")
+        diffusion = self._diffusion
+        cache_dir = (self.config.cache_dir or default_cache_dir()) / "latents"
+        vae_id = diffusion.fingerprint("vae")
+        keys = [latent_cache_key(item["image"], vae_id) for item in items]
+        todo: list[int] = []
+        hits = 0
+        for i, key in enumerate(keys):
+            path = cache_dir / f"{key}.safetensors"
+            if self.config.latent_cache and path.is_file():
+                try:
+                    items[i]["latent"] = load_file(str(path))["latent"]
+                    hits += 1
+                    continue
+                except Exception:  # a truncated cache file is re-encoded, never trusted
+                    pass
+            todo.append(i)
+        if todo:
+            # Same-size images go through the encoder together.
+            groups: dict[tuple[int, int], list[int]] = {}
+            for i in todo:
+                groups.setdefault(tuple(items[i]["image"].shape[:2]), []).append(i)
+            with _progress() as progress:
+                task = progress.add_task(f"VAE-encoding {split} images", total=len(todo))
+                for indices in groups.values():
+                    for start in range(0, len(indices), max(1, self.config.encode_batch_size)):
+                        chunk = indices[start : start + self.config.encode_batch_size]
+                        batch = torch.stack([items[i]["image"] for i in chunk]).permute(0, 3, 1, 2)
+                        latents = diffusion.encode(batch).cpu()
+                        for i, latent in zip(chunk, latents, strict=True):
+                            items[i]["latent"] = latent.clone()
+                            if self.config.latent_cache:
+                                _atomic_save(latent, cache_dir / f"{keys[i]}.safetensors")
+                        progress.advance(task, len(chunk))
+        where = f" in {cache_dir}" if self.config.latent_cache else ""
+        CONSOLE.log(f"Latent targets for {len(items)} {split} images: {hits} cache hits, {len(todo)} encoded{where}")
+        for item in items:
+            if "mask" in item:
+                item["latent_mask"] = downsample_mask(item["mask"])
+
+    # ------------------------------------------------------------------ nerfstudio hooks
+    def get_train_rays_per_batch(self) -> int:
+        """Rays per step: the latent view, 1/64 of the image's pixels."""
+        h, w = self.cached_train[0]["latent"].shape[-2:]
+        return int(h * w)
+
+
+def config_data_path(config: LatentDatamanagerConfig) -> Path | None:
+    return Path(config.data) if config.data is not None else getattr(config.dataparser, "data", None)
+
+
+def check_dataset_path(config: LatentDatamanagerConfig) -> None:
+    """Fail early, in one line, on the mistakes nerfstudio would answer with a traceback."""
+    data = config_data_path(config)
+    if data is None or str(data) in ("", "."):
+        if not Path("transforms.json").exists():
+            raise UserError("no dataset given; pass --data <folder with transforms.json and images>")
+        return
+    if not data.exists():
+        raise UserError(f"dataset '{data}' does not exist; pass --data <folder with transforms.json and images>")
+    if isinstance(config.dataparser, NerfstudioDataParserConfig) and data.is_dir():
+        if not (data / "transforms.json").is_file():
+            raise UserError(
+                f"dataset '{data}' has no transforms.json (camera poses); run ns-process-data on your images first, "
+                f"or name another dataparser after the options (e.g. `... colmap`)"
+            )
+
+
+def describe_dataset_error(data: Path | None, exc: BaseException) -> str:
+    if isinstance(exc, KeyError):
+        detail = f"transforms.json lacks the field {exc}"
+    elif isinstance(exc, json.JSONDecodeError):
+        detail = f"transforms.json is not valid JSON ({exc.msg} at line {exc.lineno})"
+    else:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if "No data found" in detail or "list index out of range" in detail:
+        detail = "it lists no usable frames"
+    return f"could not read the dataset at '{data}': {detail}"
+
+
+def target_size(height: int, width: int, max_size: int) -> tuple[int, int]:
+    """Longer side <= max_size (if > 0), both sides rounded to multiples of 8, at least 8."""
+    scale = min(1.0, max_size / max(height, width)) if max_size > 0 else 1.0
+
+    def snap(x: float) -> int:
+        return max(LATENT_SCALE, int(round(x * scale / LATENT_SCALE)) * LATENT_SCALE)
+
+    return snap(height), snap(width)
+
+
+def resize_image(image: Tensor, height: int, width: int) -> Tensor:
+    """[H, W, 3] float -> [height, width, 3], antialiased when shrinking."""
+    if tuple(image.shape[:2]) == (height, width):
+        return image.contiguous()
+    x = image.permute(2, 0, 1)[None].float()
+    x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
+    return x[0].permute(1, 2, 0).clamp(0, 1).contiguous()
+
+
+def resize_mask(mask: Tensor, height: int, width: int) -> Tensor:
+    """[H, W, 1] bool -> [height, width, 1] bool (area average, then majority)."""
+    if tuple(mask.shape[:2]) == (height, width):
+        return mask
+    x = mask.float().permute(2, 0, 1)[None]
+    x = F.interpolate(x, size=(height, width), mode="area" if height <= mask.shape[0] else "bilinear")
+    return (x[0].permute(1, 2, 0) > 0.5).contiguous()
+
+
+def downsample_mask(mask: Tensor) -> Tensor:
+    """[H, W, 1] bool at image resolution -> [1, H/8, W/8] float: the share of each 8x8 block inside the mask."""
+    x = mask.float().permute(2, 0, 1)[None]
+    return F.avg_pool2d(x, LATENT_SCALE)[0]
+
+
+def latent_cache_key(image: Tensor, vae_fingerprint: str) -> str:
+    """Exact encoder input (pixels + resolution) and the VAE's weights."""
+    digest = hashlib.sha256()
+    digest.update(f"{vae_fingerprint}:{tuple(image.shape)}".encode())
+    digest.update(image.detach().cpu().float().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:32]
+
+
+def _atomic_save(latent: Tensor, path: Path) -> None:
+    """Write then rename, so an interrupted run never leaves a half-written cache entry."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    save_file({"latent": latent.contiguous()}, str(tmp))
+    os.replace(tmp, path)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        transient=True,
+        console=CONSOLE,
+    )

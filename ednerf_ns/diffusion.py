@@ -1,0 +1,252 @@
+"""Stable Diffusion components behind one small object.
+
+`LatentDiffusion` loads the parts of a diffusers-layout Stable Diffusion checkpoint (hub id or local folder)
+lazily and one at a time, so training, which needs only the VAE, never loads the UNet. It is deliberately *not*
+an `nn.Module` and is never stored as a public attribute of a model or pipeline: that keeps Stable Diffusion's
+weights out of nerfstudio checkpoints, out of `.to()` calls and out of the viewer's element scan.
+
+Instances are shared per (model, device, dtype) through `get_diffusion`, so the datamanager (which encodes
+images) and the model (which decodes renders and runs the UNet) use one copy of the weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from ednerf_ns.errors import UserError, warn
+
+DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+DtypeName = Literal["auto", "float16", "bfloat16", "float32"]
+
+# Hub ids that disappeared: point users at the live copy instead of a bare "not found".
+_MOVED_IDS = {"runwayml/stable-diffusion-v1-5": DEFAULT_MODEL}
+_PART_CLASSES = {
+    "vae": ("diffusers", "AutoencoderKL"),
+    "unet": ("diffusers", "UNet2DConditionModel"),
+    "scheduler": ("diffusers", "DDPMScheduler"),
+    "text_encoder": ("transformers", "CLIPTextModel"),
+    "tokenizer": ("transformers", "AutoTokenizer"),
+}
+
+
+def resolve_dtype(name: DtypeName, device: torch.device) -> torch.dtype:
+    """fp16 on CUDA (the speed/memory the method is meant for), fp32 on CPU (fp16 CPU kernels are slow or absent)."""
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[name]
+
+
+def looks_like_path(model: str) -> bool:
+    """A hub id is `org/name`; anything else with path syntax, or that exists on disk, is a folder."""
+    if Path(model).expanduser().exists():
+        return True
+    return model.startswith(("/", "./", "../", "~", ".\\")) or model.count("/") > 1 or "\\" in model
+
+
+class LatentDiffusion:
+    """Lazily loaded VAE / UNet / text encoder / tokenizer / scheduler of one Stable Diffusion checkpoint."""
+
+    def __init__(self, model: str, device: torch.device | str = "cpu", dtype: DtypeName = "auto") -> None:
+        self.model = model
+        self.device = torch.device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self._parts: dict[str, object] = {}
+        self._embeddings: dict[str, Tensor] = {}
+        self._lock = threading.Lock()  # the viewer thread decodes while the trainer thread steps
+        self._warned_prompts: set[str] = set()
+
+    # ------------------------------------------------------------------ loading
+    def _load(self, part: str):
+        with self._lock:
+            if part in self._parts:
+                return self._parts[part]
+            module_name, class_name = _PART_CLASSES[part]
+            module = __import__(module_name, fromlist=[class_name])
+            cls = getattr(module, class_name)
+            source = self.model
+            if looks_like_path(source):
+                folder = Path(source).expanduser()
+                if not folder.is_dir():
+                    raise UserError(
+                        f"diffusion model folder '{source}' does not exist; pass --pipeline.model.diffusion-model "
+                        f"with a diffusers-layout folder (vae/, unet/, text_encoder/, tokenizer/, scheduler/) "
+                        f"or a hub id such as {DEFAULT_MODEL}"
+                    )
+                if not (folder / part).is_dir():
+                    raise UserError(
+                        f"diffusion model folder '{source}' has no '{part}/' subfolder; it must be in diffusers "
+                        f"layout (vae/, unet/, text_encoder/, tokenizer/, scheduler/)"
+                    )
+                source = str(folder)
+            try:
+                if part in ("scheduler", "tokenizer"):
+                    obj = cls.from_pretrained(source, subfolder=part)
+                else:
+                    obj = cls.from_pretrained(source, subfolder=part, torch_dtype=self.dtype)
+                    obj.requires_grad_(False)
+                    obj.eval()
+                    obj.to(self.device)
+            except UserError:
+                raise
+            except Exception as exc:  # diffusers/transformers/hub raise many types for "not found"
+                hint = ""
+                if self.model in _MOVED_IDS:
+                    hint = f" (that hub id was removed; use {_MOVED_IDS[self.model]})"
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise UserError(
+                    f"could not load the '{part}' of diffusion model '{self.model}'{hint}: {reason[:300]}. "
+                    f"Pass --pipeline.model.diffusion-model with a local diffusers-layout folder, or a hub id this "
+                    f"machine can reach (e.g. {DEFAULT_MODEL})"
+                ) from None
+            self._parts[part] = obj
+            return obj
+
+    @property
+    def vae(self):
+        return self._load("vae")
+
+    @property
+    def unet(self):
+        return self._load("unet")
+
+    @property
+    def text_encoder(self):
+        return self._load("text_encoder")
+
+    @property
+    def tokenizer(self):
+        return self._load("tokenizer")
+
+    @property
+    def scheduler(self):
+        return self._load("scheduler")
+
+    def loaded_parts(self) -> list[str]:
+        """Names of the parts loaded so far (used to prove that viewing never loads the UNet)."""
+        return sorted(p for p in self._parts if p in _PART_CLASSES)
+
+    # ------------------------------------------------------------------ identity
+    def fingerprint(self, part: str = "vae") -> str:
+        """A short content hash of one loaded part (config, dtype and weights), for cache keys.
+
+        Hashing the weights rather than the name means a re-trained or replaced model never reuses stale latents,
+        whether it came from a folder or the hub cache; fp16 and fp32 loads encode slightly differently, so the
+        dtype is part of the key too.
+        """
+        key = f"fingerprint:{part}"
+        if key not in self._parts:
+            module = self._load(part)
+            digest = hashlib.sha256(json.dumps(dict(module.config), sort_keys=True, default=str).encode())
+            digest.update(str(self.dtype).encode())
+            for name, tensor in module.state_dict().items():
+                digest.update(name.encode())
+                digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+            self._parts[key] = digest.hexdigest()[:16]
+        return self._parts[key]  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------ VAE
+    @property
+    def scaling_factor(self) -> float:
+        return float(self.vae.config.scaling_factor)
+
+    @property
+    def shift_factor(self) -> float:
+        shift = getattr(self.vae.config, "shift_factor", None)
+        return float(shift) if shift is not None else 0.0
+
+    @torch.no_grad()
+    def encode(self, images: Tensor) -> Tensor:
+        """[B, 3, H, W] in [0, 1] -> latents [B, 4, H/8, W/8] (posterior mean, scaled), float32."""
+        vae = self.vae
+        x = (images.to(self.device, self.dtype) * 2.0 - 1.0).clamp(-1.0, 1.0)
+        mean = vae.encode(x).latent_dist.mean
+        return ((mean.float() - self.shift_factor) * self.scaling_factor).contiguous()
+
+    @torch.no_grad()
+    def decode(self, latents: Tensor) -> Tensor:
+        """Latents [B, 4, h, w] -> images [B, 3, 8h, 8w] in [0, 1], float32."""
+        vae = self.vae
+        z = latents.to(self.device, self.dtype) / self.scaling_factor + self.shift_factor
+        image = vae.decode(z).sample.float()
+        return ((image + 1.0) * 0.5).clamp(0.0, 1.0)
+
+    # ------------------------------------------------------------------ text
+    def embed(self, prompts: list[str]) -> Tensor:
+        """Text embeddings [B, L, D] in the UNet's dtype; each distinct prompt is encoded once and cached."""
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._embeddings]
+        if missing:
+            tokenizer = self.tokenizer
+            max_length = int(tokenizer.model_max_length)
+            for prompt in missing:
+                self._warn_if_truncated(prompt, max_length)
+            ids = tokenizer(
+                missing, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt"
+            ).input_ids.to(self.device)
+            with torch.no_grad():
+                hidden = self.text_encoder(ids)[0].to(self.dtype)
+            for prompt, emb in zip(missing, hidden, strict=True):
+                self._embeddings[prompt] = emb
+        return torch.stack([self._embeddings[p] for p in prompts])
+
+    def count_tokens(self, prompt: str) -> int:
+        return len(self.tokenizer(prompt, truncation=False).input_ids)
+
+    def _warn_if_truncated(self, prompt: str, max_length: int) -> None:
+        n = self.count_tokens(prompt)
+        if n > max_length and prompt not in self._warned_prompts:
+            self._warned_prompts.add(prompt)
+            ids = self.tokenizer(prompt, truncation=True, max_length=max_length).input_ids
+            kept = self.tokenizer.decode(ids, skip_special_tokens=True)
+            warn(
+                f"prompt '{prompt[:60]}...' has {n} tokens, more than the tokenizer's {max_length}; it was "
+                f"truncated to '{kept}'"
+            )
+
+    # ------------------------------------------------------------------ UNet
+    @property
+    def num_train_timesteps(self) -> int:
+        return int(self.scheduler.config.num_train_timesteps)
+
+    def alphas_cumprod(self) -> Tensor:
+        """The noise schedule's cumulative alphas on the device, float32."""
+        if "alphas_cumprod" not in self._parts:
+            self._parts["alphas_cumprod"] = self.scheduler.alphas_cumprod.to(self.device, torch.float32)
+        return self._parts["alphas_cumprod"]  # type: ignore[return-value]
+
+    @property
+    def prediction_type(self) -> str:
+        return str(getattr(self.scheduler.config, "prediction_type", "epsilon"))
+
+    @torch.no_grad()
+    def predict_noise(self, noisy: Tensor, t: Tensor, embeddings: Tensor) -> Tensor:
+        """The UNet's noise estimate eps(x_t, t, c) as float32, converting v-prediction models (SD 2.x 768)."""
+        out = self.unet(noisy.to(self.dtype), t, encoder_hidden_states=embeddings.to(self.dtype)).sample.float()
+        if self.prediction_type == "v_prediction":
+            a = self.alphas_cumprod()[t].view(-1, 1, 1, 1)
+            out = a.sqrt() * out + (1 - a).sqrt() * noisy.float()
+        elif self.prediction_type != "epsilon":
+            raise UserError(
+                f"diffusion model '{self.model}' predicts '{self.prediction_type}'; only epsilon and "
+                f"v_prediction models are supported"
+            )
+        return out
+
+
+_REGISTRY: dict[tuple[str, str, str], LatentDiffusion] = {}
+_REGISTRY_LOCK = threading.Lock()
+
+
+def get_diffusion(model: str, device: torch.device | str, dtype: DtypeName = "auto") -> LatentDiffusion:
+    """The shared `LatentDiffusion` for this model, device and dtype."""
+    key = (model, str(torch.device(device)), dtype)
+    with _REGISTRY_LOCK:
+        if key not in _REGISTRY:
+            _REGISTRY[key] = LatentDiffusion(model, device, dtype)
+        return _REGISTRY[key]

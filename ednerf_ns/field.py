@@ -1,0 +1,51 @@
+"""The latent radiance field: nerfacto's hash-grid field with a 4-channel, unbounded colour head.
+
+Stable Diffusion latents are not colours: they have 4 channels and take any real value (roughly -5..5 after
+scaling), so the sigmoid that keeps nerfacto's RGB in [0, 1] would clip them. Everything else - hash encoding,
+density MLP, direction encoding, appearance embedding - is nerfacto's, reused by subclassing.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from nerfstudio.field_components.field_heads import FieldHeadNames
+from nerfstudio.field_components.mlp import MLP
+from nerfstudio.fields.nerfacto_field import NerfactoField
+from nerfstudio.utils.external import TCNN_EXISTS
+
+LATENT_FEATURES = FieldHeadNames.RGB  # nerfstudio's samplers/renderers key the colour output by this name
+
+Implementation = Literal["auto", "tcnn", "torch"]
+
+
+def resolve_implementation(requested: Implementation, device: torch.device | str) -> Literal["tcnn", "torch"]:
+    """auto -> tcnn when tiny-cuda-nn is importable and we run on CUDA, else torch.
+
+    nerfstudio silently falls back to torch when tcnn is requested but missing, which changes every parameter
+    name; we decide explicitly and record the answer in the run's config so the edit stage rebuilds the same one.
+    """
+    on_cuda = torch.device(device).type == "cuda"
+    if requested == "auto":
+        return "tcnn" if (TCNN_EXISTS and on_cuda) else "torch"
+    return requested
+
+
+class LatentField(NerfactoField):
+    """NerfactoField whose colour head outputs `latent_channels` unbounded values."""
+
+    def __init__(self, *args, latent_channels: int = 4, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        implementation = kwargs.get("implementation", "tcnn")
+        # Replace the 3-channel sigmoid head with an identically shaped MLP without output activation.
+        self.mlp_head = MLP(
+            in_dim=self.mlp_head.in_dim,
+            num_layers=self.mlp_head.num_layers,
+            layer_width=self.mlp_head.layer_width,
+            out_dim=latent_channels,
+            activation=torch.nn.ReLU(),
+            out_activation=None,
+            implementation=implementation,
+        )
+        self.latent_channels = latent_channels

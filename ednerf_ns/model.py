@@ -1,0 +1,362 @@
+"""ED-NeRF's latent NeRF: nerfacto's sampling and field, rendering Stable Diffusion latents, plus the refinement layer.
+
+Training renders one whole view at 1/8 of the image resolution per step (the refinement layer needs the spatial
+context), refines it and regresses the encoded image. Viewing (`get_outputs_for_camera`: viewer, ns-render,
+ns-eval) renders the same way without gradients and decodes to RGB with the VAE decoder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from nerfstudio.cameras.camera_optimizers import CameraOptimizerConfig
+from nerfstudio.cameras.cameras import Cameras
+from nerfstudio.cameras.rays import RayBundle
+from nerfstudio.data.scene_box import OrientedBox
+from nerfstudio.field_components.field_heads import FieldHeadNames
+from nerfstudio.field_components.spatial_distortions import SceneContraction
+from nerfstudio.fields.density_fields import HashMLPDensityField
+from nerfstudio.model_components.losses import distortion_loss, interlevel_loss
+from nerfstudio.model_components.ray_samplers import ProposalNetworkSampler, UniformSampler
+from nerfstudio.model_components.renderers import AccumulationRenderer, DepthRenderer
+from nerfstudio.model_components.scene_colliders import NearFarCollider
+from nerfstudio.models.nerfacto import NerfactoModel, NerfactoModelConfig
+from nerfstudio.utils import colormaps
+from torch import Tensor
+from torch.nn import Parameter
+
+from ednerf_ns.datamanager import LATENT_SCALE
+from ednerf_ns.diffusion import DEFAULT_MODEL, DtypeName, LatentDiffusion, get_diffusion
+from ednerf_ns.errors import UserError
+from ednerf_ns.field import LATENT_FEATURES, Implementation, LatentField, resolve_implementation
+from ednerf_ns.metrics import latent_psnr, psnr, ssim
+from ednerf_ns.refinement import RefinementLayer
+
+
+@dataclass
+class EdNerfModelConfig(NerfactoModelConfig):
+    """Latent NeRF + refinement layer (ED-NeRF stage 1). Inherits nerfacto's field and sampler options."""
+
+    _target: type = field(default_factory=lambda: EdNerfModel)
+    diffusion_model: str = DEFAULT_MODEL
+    """Stable Diffusion checkpoint in diffusers layout: a hub id or a local folder with vae/, unet/, text_encoder/,
+    tokenizer/, scheduler/. Training uses only its VAE."""
+    diffusion_dtype: DtypeName = "auto"
+    """Precision of the diffusion components: auto = float16 on CUDA, float32 on CPU."""
+    implementation: Implementation = "auto"
+    """Hash grid / MLP implementation: auto = tcnn when tiny-cuda-nn is installed and running on CUDA, else torch.
+    The resolved choice is written to the run's config.yml (the edit stage must rebuild the same one)."""
+    use_refinement: bool = True
+    """Apply the refinement layer (ResNet blocks + self-attention) to rendered latents. False = the ablation."""
+    refinement_width: int = 128
+    """Channels inside the refinement layer."""
+    refinement_blocks: int = 2
+    """ResNet blocks in the refinement layer (self-attention sits after the first)."""
+    refinement_heads: int = 4
+    """Attention heads in the refinement layer."""
+    raw_loss_mult: float = 1.0
+    """Weight of the loss on the un-refined render; it keeps the field itself a good latent NeRF so the refinement
+    layer only learns what rays cannot express."""
+    mask_training_loss: bool = False
+    """Use the dataset's masks (mask_path) as nerfstudio does: pixels outside them are ignored in the training
+    loss. Off by default because for ED-NeRF a dataset mask usually marks the region to edit, not invalid pixels."""
+    background_color: Literal["last_sample", "black"] = "last_sample"
+    """Latent behind the scene: the last sample's latent (nerfacto's default), or zeros."""
+    use_appearance_embedding: bool = False
+    """Per-image appearance embedding. Off by default: the edit stage and the viewer would see a different
+    (averaged) appearance than training did."""
+    camera_optimizer: CameraOptimizerConfig = field(default_factory=lambda: CameraOptimizerConfig(mode="off"))
+    """Camera pose refinement (off: 1/8-resolution latents constrain poses weakly)."""
+    predict_normals: bool = False
+    """Not supported by the latent renderer; must stay False."""
+
+
+class EdNerfModel(NerfactoModel):
+    """See the module docstring. `get_outputs` takes a camera (a whole view), not a ray bundle."""
+
+    config: EdNerfModelConfig
+
+    # ------------------------------------------------------------------ construction
+    def populate_modules(self) -> None:
+        device = self.kwargs.get("device", "cpu")
+        if self.config.predict_normals:
+            raise UserError("--pipeline.model.predict-normals is not supported by ed-nerf")
+        implementation = resolve_implementation(self.config.implementation, device)
+        if implementation == "tcnn":
+            from nerfstudio.utils.external import TCNN_EXISTS
+
+            if not TCNN_EXISTS:
+                raise UserError(
+                    "this run uses implementation=tcnn but tinycudann is not importable here; install tiny-cuda-nn "
+                    "or pass --pipeline.model.implementation torch (a torch run cannot load tcnn weights)"
+                )
+        self.config.implementation = implementation  # recorded in config.yml by the trainer
+        self._diffusion = get_diffusion(self.config.diffusion_model, device, self.config.diffusion_dtype)
+        self.latent_channels = int(self._diffusion.vae.config.latent_channels)
+
+        contraction = None if self.config.disable_scene_contraction else SceneContraction(order=float("inf"))
+        appearance_dim = self.config.appearance_embed_dim if self.config.use_appearance_embedding else 0
+        self.field = LatentField(
+            self.scene_box.aabb,
+            latent_channels=self.latent_channels,
+            hidden_dim=self.config.hidden_dim,
+            num_levels=self.config.num_levels,
+            max_res=self.config.max_res,
+            base_res=self.config.base_res,
+            features_per_level=self.config.features_per_level,
+            log2_hashmap_size=self.config.log2_hashmap_size,
+            hidden_dim_color=self.config.hidden_dim_color,
+            hidden_dim_transient=self.config.hidden_dim_transient,
+            spatial_distortion=contraction,
+            num_images=self.num_train_data,
+            use_average_appearance_embedding=self.config.use_average_appearance_embedding,
+            appearance_embedding_dim=appearance_dim,
+            average_init_density=self.config.average_init_density,
+            implementation=implementation,
+        )
+        self.camera_optimizer = self.config.camera_optimizer.setup(num_cameras=self.num_train_data, device="cpu")
+        self._build_proposal_sampler(contraction, implementation)
+        self.collider = NearFarCollider(near_plane=self.config.near_plane, far_plane=self.config.far_plane)
+        self.renderer_accumulation = AccumulationRenderer()
+        self.renderer_depth = DepthRenderer(method="median")
+        self.renderer_expected_depth = DepthRenderer(method="expected")
+        self.refinement = (
+            RefinementLayer(
+                self.latent_channels,
+                width=self.config.refinement_width,
+                num_res_blocks=self.config.refinement_blocks,
+                num_heads=self.config.refinement_heads,
+            )
+            if self.config.use_refinement
+            else None
+        )
+        # Viewer toggle (set by the pipeline's checkbox): compare refined and raw renders live.
+        self.view_refined = True
+        self.step = 0
+
+    def _build_proposal_sampler(self, contraction, implementation: str) -> None:
+        """nerfacto's proposal networks and sampler, built from the inherited nerfacto options."""
+        cfg = self.config
+        self.proposal_networks = torch.nn.ModuleList()
+        count = 1 if cfg.use_same_proposal_network else cfg.num_proposal_iterations
+        for i in range(count):
+            args = cfg.proposal_net_args_list[min(i, len(cfg.proposal_net_args_list) - 1)]
+            self.proposal_networks.append(
+                HashMLPDensityField(
+                    self.scene_box.aabb,
+                    spatial_distortion=contraction,
+                    **args,
+                    average_init_density=cfg.average_init_density,
+                    implementation=implementation,
+                )
+            )
+        nets = list(self.proposal_networks)
+        self.density_fns = [nets[min(i, len(nets) - 1)].density_fn for i in range(cfg.num_proposal_iterations)]
+
+        def update_schedule(step: int) -> float:
+            return float(
+                np.clip(
+                    np.interp(step, [0, cfg.proposal_warmup], [0, cfg.proposal_update_every]),
+                    1,
+                    cfg.proposal_update_every,
+                )
+            )
+
+        self.proposal_sampler = ProposalNetworkSampler(
+            num_nerf_samples_per_ray=cfg.num_nerf_samples_per_ray,
+            num_proposal_samples_per_ray=cfg.num_proposal_samples_per_ray,
+            num_proposal_network_iterations=cfg.num_proposal_iterations,
+            single_jitter=cfg.use_single_jitter,
+            update_sched=update_schedule,
+            initial_sampler=UniformSampler(single_jitter=cfg.use_single_jitter)
+            if cfg.proposal_initial_sampler == "uniform"
+            else None,
+        )
+
+    @property
+    def diffusion(self) -> LatentDiffusion:
+        return self._diffusion
+
+    def get_param_groups(self) -> dict[str, list[Parameter]]:
+        groups = super().get_param_groups()
+        if self.refinement is not None:
+            groups["refinement"] = list(self.refinement.parameters())
+        return groups
+
+    # ------------------------------------------------------------------ rendering
+    def forward(self, camera: Cameras) -> dict:  # type: ignore[override]
+        # nerfstudio's Model.forward applies the collider to a ray bundle; ours gets whole cameras.
+        return self.get_outputs(camera)
+
+    def get_outputs(self, camera: Cameras) -> dict:  # type: ignore[override]
+        """Render one whole latent view with gradients. Latents are [1, C, h, w]; per-pixel maps are [h, w, 1]."""
+        return self.render_latent_view(camera, chunk=None)
+
+    def render_latent_view(self, camera: Cameras, chunk: int | None, obb_box: OrientedBox | None = None) -> dict:
+        """Render `camera` (given at image resolution) at 1/8 resolution, then refine.
+
+        chunk=None renders all rays in one pass (training: the refinement layer needs the whole view in one
+        graph); an int splits the rays into chunks of that size (viewing, no gradients).
+        """
+        lat_cam = latent_camera(camera.flatten()[0:1])
+        if self.training and self.config.camera_optimizer.mode != "off":
+            lat_cam.camera_to_worlds = self.camera_optimizer.apply_to_camera(camera)
+        rays = lat_cam.generate_rays(camera_indices=0, keep_shape=True, obb_box=obb_box)
+        h, w = rays.shape
+        rays = rays.flatten()
+        cam_idx = (camera.metadata or {}).get("cam_idx")
+        if cam_idx is not None and rays.camera_indices is not None:
+            rays.camera_indices = torch.full_like(rays.camera_indices, int(cam_idx))
+        rays = self.collider(rays)
+        if chunk is None:
+            per_ray = self.render_rays(rays)
+        else:
+            parts = [self.render_rays(rays[i : i + chunk]) for i in range(0, len(rays), chunk)]
+            per_ray = {k: torch.cat([p[k] for p in parts]) for k, v in parts[0].items() if isinstance(v, Tensor)}
+        outputs: dict = {}
+        for key, value in per_ray.items():
+            if isinstance(value, Tensor):
+                outputs[key] = value.view(h, w, -1)
+            else:
+                outputs[key] = value
+        raw = outputs.pop("latent_features").permute(2, 0, 1)[None]  # [1, C, h, w]
+        outputs["latent_raw"] = raw
+        use_refinement = self.refinement is not None and (self.training or self.view_refined)
+        outputs["latent"] = self.refinement(raw) if use_refinement else raw
+        return outputs
+
+    def render_rays(self, rays: RayBundle) -> dict:
+        """Sample, query the field and composite latents for a flat bundle of rays."""
+        samples, weights_list, samples_list = self.proposal_sampler(rays, density_fns=self.density_fns)
+        field_out = self.field.forward(samples)
+        weights = samples.get_weights(field_out[FieldHeadNames.DENSITY])
+        weights_list.append(weights)
+        samples_list.append(samples)
+        features = field_out[LATENT_FEATURES]
+        latent = torch.sum(weights * features, dim=-2)
+        accumulation = self.renderer_accumulation(weights=weights)
+        if self.config.background_color == "last_sample":
+            latent = latent + (1.0 - accumulation) * features[..., -1, :]
+        out = {
+            "latent_features": latent,
+            "accumulation": accumulation,
+            "depth": self.renderer_depth(weights=weights, ray_samples=samples).detach(),
+        }
+        if self.training:
+            out["expected_depth"] = self.renderer_expected_depth(weights=weights, ray_samples=samples)
+            out["weights_list"] = weights_list
+            out["ray_samples_list"] = samples_list
+        return out
+
+    @torch.no_grad()
+    def get_outputs_for_camera(self, camera: Cameras, obb_box: OrientedBox | None = None) -> dict[str, Tensor]:
+        """Viewer / ns-render / ns-eval: decoded RGB plus depth, accumulation and the latent, all at image size."""
+        height, width = int(camera.height.flatten()[0]), int(camera.width.flatten()[0])
+        out = self.render_latent_view(camera, chunk=self.config.eval_num_rays_per_chunk, obb_box=obb_box)
+        rgb = self._diffusion.decode(out["latent"])[0].permute(1, 2, 0)[:height, :width]
+        return {
+            "rgb": rgb.to(self.device),
+            "depth": upsample(out["depth"], height, width, "bilinear"),
+            "accumulation": upsample(out["accumulation"], height, width, "bilinear"),
+            # nearest-neighbour x8, so latent_at_latent_resolution() recovers it exactly for metrics
+            "latent": upsample(out["latent"][0].permute(1, 2, 0), height, width, "nearest"),
+        }
+
+    # ------------------------------------------------------------------ losses and metrics
+    def _loss_weights(self, batch: dict, like: Tensor) -> Tensor | None:
+        if self.config.mask_training_loss and "latent_mask" in batch:
+            return batch["latent_mask"].to(like.device)[None].expand_as(like)
+        return None
+
+    def get_metrics_dict(self, outputs: dict, batch: dict) -> dict[str, Tensor]:
+        target = batch["latent"].to(self.device)[None]
+        metrics = {
+            "latent_psnr": latent_psnr(outputs["latent"].detach(), target),
+            "latent_psnr_raw": latent_psnr(outputs["latent_raw"].detach(), target),
+        }
+        if self.training:
+            metrics["distortion"] = distortion_loss(outputs["weights_list"], outputs["ray_samples_list"])
+        self.camera_optimizer.get_metrics_dict(metrics)
+        return metrics
+
+    def get_loss_dict(self, outputs: dict, batch: dict, metrics_dict: dict | None = None) -> dict[str, Tensor]:
+        target = batch["latent"].to(self.device)[None]
+        weights = self._loss_weights(batch, target)
+        loss = {"latent_loss": weighted_mse(outputs["latent"], target, weights)}
+        if self.refinement is not None and self.config.raw_loss_mult > 0:
+            loss["raw_latent_loss"] = self.config.raw_loss_mult * weighted_mse(outputs["latent_raw"], target, weights)
+        if self.training:
+            loss["interlevel_loss"] = self.config.interlevel_loss_mult * interlevel_loss(
+                outputs["weights_list"], outputs["ray_samples_list"]
+            )
+            assert metrics_dict is not None and "distortion" in metrics_dict
+            loss["distortion_loss"] = self.config.distortion_loss_mult * metrics_dict["distortion"]
+            self.camera_optimizer.get_loss_dict(loss)
+        return loss
+
+    def get_image_metrics_and_images(
+        self, outputs: dict[str, Tensor], batch: dict[str, Tensor]
+    ) -> tuple[dict[str, float], dict[str, Tensor]]:
+        gt = batch["image"].to(self.device)[..., :3]
+        rgb = outputs["rgb"]
+        target = batch["latent"].to(self.device)
+        latent = latent_at_latent_resolution(outputs["latent"]).permute(2, 0, 1)
+        metrics = {
+            "latent_psnr": float(latent_psnr(latent, target)),
+            "psnr": float(psnr(rgb, gt)),
+            "ssim": float(ssim(rgb, gt)),
+        }
+        images = {
+            "img": torch.cat([gt, rgb], dim=1),
+            "latent": torch.cat(
+                [
+                    colormaps.apply_pca_colormap(upsample(target.permute(1, 2, 0), *gt.shape[:2], "nearest")),
+                    colormaps.apply_pca_colormap(outputs["latent"]),
+                ],
+                dim=1,
+            ),
+            "depth": colormaps.apply_depth_colormap(outputs["depth"], accumulation=outputs["accumulation"]),
+            "accumulation": colormaps.apply_colormap(outputs["accumulation"]),
+        }
+        return metrics, images
+
+
+def latent_camera(camera: Cameras) -> Cameras:
+    """The camera of the latent image: intrinsics / 8 and ceil(size / 8), so its pixel i covers image pixels
+    [8i, 8i + 8) and the decoded image (8 ceil(W/8) wide) starts exactly at the requested image's origin."""
+    return Cameras(
+        camera_to_worlds=camera.camera_to_worlds,
+        fx=camera.fx / LATENT_SCALE,
+        fy=camera.fy / LATENT_SCALE,
+        cx=camera.cx / LATENT_SCALE,
+        cy=camera.cy / LATENT_SCALE,
+        width=torch.ceil(camera.width / LATENT_SCALE).long(),
+        height=torch.ceil(camera.height / LATENT_SCALE).long(),
+        distortion_params=camera.distortion_params,
+        camera_type=camera.camera_type,
+        times=camera.times,
+        metadata=camera.metadata,
+    )
+
+
+def upsample(image: Tensor, height: int, width: int, mode: str) -> Tensor:
+    """[h, w, C] at latent resolution -> [height, width, C]: scale by 8, then crop the ceil() overhang."""
+    x = image.permute(2, 0, 1)[None].float()
+    size = (image.shape[0] * LATENT_SCALE, image.shape[1] * LATENT_SCALE)
+    x = F.interpolate(x, size=size, mode=mode, **({} if mode == "nearest" else {"align_corners": False}))
+    return x[0].permute(1, 2, 0)[:height, :width]
+
+
+def latent_at_latent_resolution(latent_full: Tensor) -> Tensor:
+    """Undo the nearest-neighbour x8 upsampling of the `latent` output exactly (first pixel of each 8x8 block)."""
+    return latent_full[::LATENT_SCALE, ::LATENT_SCALE]
+
+
+def weighted_mse(pred: Tensor, target: Tensor, weights: Tensor | None) -> Tensor:
+    if weights is None:
+        return F.mse_loss(pred, target)
+    return ((pred - target) ** 2 * weights).sum() / weights.sum().clamp_min(1.0)

@@ -1,0 +1,54 @@
+"""The ED-NeRF training pipeline: wires the shared diffusion backend into the datamanager and the model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
+from nerfstudio.viewer.viewer_elements import ViewerCheckbox
+
+from ednerf_ns.datamanager import LatentDatamanagerConfig
+from ednerf_ns.model import EdNerfModelConfig
+
+
+@dataclass
+class EdNerfPipelineConfig(VanillaPipelineConfig):
+    """Latent datamanager + latent NeRF model."""
+
+    _target: type = field(default_factory=lambda: EdNerfPipeline)
+    datamanager: LatentDatamanagerConfig = field(default_factory=LatentDatamanagerConfig)
+    """Serves whole views with their VAE latents."""
+    model: EdNerfModelConfig = field(default_factory=EdNerfModelConfig)
+    """The latent NeRF and its refinement layer."""
+
+
+class EdNerfPipeline(VanillaPipeline):
+    """VanillaPipeline whose datamanager encodes with the model's VAE (one shared copy of the weights)."""
+
+    config: EdNerfPipelineConfig
+
+    def __init__(
+        self,
+        config: EdNerfPipelineConfig,
+        device: str,
+        test_mode: Literal["test", "val", "inference"] = "val",
+        world_size: int = 1,
+        local_rank: int = 0,
+        grad_scaler=None,
+    ) -> None:
+        super().__init__(config, device, test_mode, world_size, local_rank, grad_scaler)
+        self.datamanager.set_diffusion(self.model.diffusion)
+        if test_mode == "val":
+            # Training: encode (or load from the cache) every view now, so a broken image fails before the first
+            # step and the encoder's progress bar is not interleaved with the training log.
+            _ = self.datamanager.cached_train, self.datamanager.cached_eval
+        self.refinement_toggle = ViewerCheckbox(
+            "Apply refinement layer",
+            default_value=True,
+            cb_hook=self._on_refinement_toggle,
+            hint="Show the refined render (on) or the raw latent NeRF render (off)",
+        )
+
+    def _on_refinement_toggle(self, element: ViewerCheckbox) -> None:
+        self.model.view_refined = bool(element.value)

@@ -1,0 +1,48 @@
+"""Trainers for both stages: safe checkpoint loading, and a config.yml that records what was really built."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from nerfstudio.engine.trainer import Trainer, TrainerConfig
+from nerfstudio.utils.rich_utils import CONSOLE
+
+from ednerf_ns.checkpoint import find_checkpoint, load_verified, read_checkpoint
+
+
+@dataclass
+class EdNerfTrainerConfig(TrainerConfig):
+    """nerfstudio's TrainerConfig; `--load-dir` resumes an ed-nerf run (loaded with weights_only=True)."""
+
+    _target: type = field(default_factory=lambda: EdNerfTrainer)
+
+
+class EdNerfTrainer(Trainer):
+    """Trainer that rewrites config.yml after setup (so `implementation: auto` is saved as what was built) and
+    resumes from `--load-dir` without nerfstudio's unsafe `torch.load`."""
+
+    config: EdNerfTrainerConfig
+
+    def setup(self, test_mode="val") -> None:
+        super().setup(test_mode=test_mode)
+        if self.local_rank == 0:
+            self.config.save_config()
+
+    def _load_checkpoint(self) -> None:
+        if self.config.load_dir is None and self.config.load_checkpoint is None:
+            CONSOLE.print("No checkpoint to load: training from scratch.")
+            return
+        if self.config.load_checkpoint is not None:
+            path, step = self.config.load_checkpoint, None
+        else:
+            path, step = find_checkpoint(self.config.load_dir, self.config.load_step)
+        state = read_checkpoint(path)
+        step = int(state.get("step", step or 0))
+        self.pipeline.model.update_to_step(step)
+        load_verified(self.pipeline, state["pipeline"], f"checkpoint '{path}'")
+        self.optimizers.load_optimizers(state["optimizers"])
+        if "schedulers" in state and self.config.load_scheduler:
+            self.optimizers.load_schedulers(state["schedulers"])
+        self.grad_scaler.load_state_dict(state["scalers"])
+        self._start_step = step + 1
+        CONSOLE.print(f"Resuming from {path} (step {step})")
