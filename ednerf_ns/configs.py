@@ -14,11 +14,14 @@ from nerfstudio.plugins.types import MethodSpecification
 
 from ednerf_ns.compat import allow_numpy_scalars_in_checkpoints
 from ednerf_ns.datamanager import LatentDatamanagerConfig
+from ednerf_ns.edit_model import EdNerfEditModelConfig
+from ednerf_ns.edit_pipeline import EdNerfEditPipelineConfig
 from ednerf_ns.model import EdNerfModelConfig
 from ednerf_ns.pipeline import EdNerfPipelineConfig
-from ednerf_ns.trainer import EdNerfTrainerConfig
+from ednerf_ns.trainer import EdNerfEditTrainerConfig, EdNerfTrainerConfig
 
 TRAIN_STEPS = 5000
+EDIT_STEPS = 1000
 
 allow_numpy_scalars_in_checkpoints()
 
@@ -56,4 +59,33 @@ def ed_nerf_trainer() -> EdNerfTrainerConfig:
 ed_nerf = MethodSpecification(
     config=ed_nerf_trainer(),
     description="ED-NeRF stage 1: a NeRF of Stable Diffusion latents plus a refinement layer (then: ed-nerf-edit).",
+)
+
+
+def ed_nerf_edit_trainer() -> EdNerfEditTrainerConfig:
+    return EdNerfEditTrainerConfig(
+        method_name="ed-nerf-edit",
+        steps_per_eval_batch=500,
+        steps_per_eval_image=250,
+        steps_per_save=500,
+        max_num_iterations=EDIT_STEPS,
+        mixed_precision=False,
+        pipeline=EdNerfEditPipelineConfig(
+            datamanager=LatentDatamanagerConfig(dataparser=NerfstudioDataParserConfig()),
+            model=EdNerfEditModelConfig(eval_num_rays_per_chunk=1 << 15),
+        ),
+        optimizers={
+            "proposal_networks": _adam(1e-3, 1e-4, EDIT_STEPS),
+            "fields": _adam(1e-3, 1e-4, EDIT_STEPS),
+            "refinement": _adam(1e-4, 1e-5, EDIT_STEPS),
+            "camera_opt": _adam(1e-4, 1e-5, EDIT_STEPS),
+        },
+        viewer=ViewerConfig(num_rays_per_chunk=1 << 15),
+        vis="viewer",
+    )
+
+
+ed_nerf_edit = MethodSpecification(
+    config=ed_nerf_edit_trainer(),
+    description="ED-NeRF stage 2: edit an ed-nerf run with a text prompt (Delta Denoising Score).",
 )

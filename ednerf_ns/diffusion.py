@@ -183,7 +183,7 @@ class LatentDiffusion:
         missing = [p for p in dict.fromkeys(prompts) if p not in self._embeddings]
         if missing:
             tokenizer = self.tokenizer
-            max_length = int(tokenizer.model_max_length)
+            max_length = self.max_tokens
             for prompt in missing:
                 self._warn_if_truncated(prompt, max_length)
             ids = tokenizer(
@@ -194,6 +194,15 @@ class LatentDiffusion:
             for prompt, emb in zip(missing, hidden, strict=True):
                 self._embeddings[prompt] = emb
         return torch.stack([self._embeddings[p] for p in prompts])
+
+    @property
+    def max_tokens(self) -> int:
+        """The prompt length the text encoder takes (77 for SD). A tokenizer saved without model_max_length
+        reports a huge sentinel, so fall back to the encoder's position count."""
+        length = int(self.tokenizer.model_max_length)
+        if length > 100_000:
+            length = int(self.text_encoder.config.max_position_embeddings)
+        return length
 
     def count_tokens(self, prompt: str) -> int:
         return len(self.tokenizer(prompt, truncation=False).input_ids)

@@ -128,25 +128,24 @@ def sanitize(grad: Tensor, clip: float | None) -> GuidanceOutput:
 
 
 def guidance_loss(z: Tensor, grad: Tensor, mask: Tensor | None = None) -> Tensor:
-    """Surrogate loss whose gradient w.r.t. z is grad * mask / (h * w).
+    """Surrogate loss whose gradient w.r.t. z is grad * mask / z.numel().
 
-    (z * grad.detach()).sum() pushes z along -grad; dividing by the pixel count (as the 2D DDS code does) makes
-    the step size independent of the view's resolution up to the per-pixel average.
+    This equals the gradient of the MSE form 0.5 * mean((z - sg(z - grad))^2): regressing z towards the detached
+    target z - grad. Normalising per element (where 2D DDS divides by h * w and scales the loss by a constant)
+    makes the weight comparable to the reconstruction losses, which are per-element means too; with Adam only
+    such relative weights matter.
     """
     g = grad.detach()
     if mask is not None:
         g = g * mask
-    h, w = z.shape[-2:]
-    return (z * g).sum() / (h * w)
+    return (z * g).sum() / z.numel()
 
 
 def masked_reconstruction_loss(z_tgt: Tensor, z_src: Tensor, mask: Tensor | None) -> Tensor:
-    """mean over pixels of ||(1 - M)(z_tgt - z_src)||^2 (summed over channels): keep what lies outside the edit."""
-    diff = (z_tgt - z_src.detach()) ** 2
-    if mask is not None:
-        diff = diff * (1.0 - mask)
-    h, w = z_tgt.shape[-2:]
-    return diff.sum() / (z_tgt.shape[0] * h * w)
+    """mean((1 - M) * (z_tgt - z_src)^2): keep what lies outside the edit region. Zero when there is no mask."""
+    if mask is None:
+        return z_tgt.new_zeros(())
+    return ((z_tgt - z_src.detach()) ** 2 * (1.0 - mask)).mean()
 
 
 def _expand(text: Tensor, batch: int) -> Tensor:

@@ -290,13 +290,17 @@ class EdNerfModel(NerfactoModel):
         if self.refinement is not None and self.config.raw_loss_mult > 0:
             loss["raw_latent_loss"] = self.config.raw_loss_mult * weighted_mse(outputs["latent_raw"], target, weights)
         if self.training:
-            loss["interlevel_loss"] = self.config.interlevel_loss_mult * interlevel_loss(
-                outputs["weights_list"], outputs["ray_samples_list"]
-            )
-            assert metrics_dict is not None and "distortion" in metrics_dict
-            loss["distortion_loss"] = self.config.distortion_loss_mult * metrics_dict["distortion"]
-            self.camera_optimizer.get_loss_dict(loss)
+            self.add_regularizers(outputs, metrics_dict, loss)
         return loss
+
+    def add_regularizers(self, outputs: dict, metrics_dict: dict | None, loss: dict[str, Tensor]) -> None:
+        """nerfacto's proposal (interlevel) and distortion losses, and the camera optimizer's penalty."""
+        loss["interlevel_loss"] = self.config.interlevel_loss_mult * interlevel_loss(
+            outputs["weights_list"], outputs["ray_samples_list"]
+        )
+        assert metrics_dict is not None and "distortion" in metrics_dict
+        loss["distortion_loss"] = self.config.distortion_loss_mult * metrics_dict["distortion"]
+        self.camera_optimizer.get_loss_dict(loss)
 
     def get_image_metrics_and_images(
         self, outputs: dict[str, Tensor], batch: dict[str, Tensor]

@@ -46,3 +46,35 @@ class EdNerfTrainer(Trainer):
         self.grad_scaler.load_state_dict(state["scalers"])
         self._start_step = step + 1
         CONSOLE.print(f"Resuming from {path} (step {step})")
+
+
+@dataclass
+class EdNerfEditTrainerConfig(EdNerfTrainerConfig):
+    """TrainerConfig of `ed-nerf-edit`: `--load-dir` names the ed-nerf run to edit (it is never modified)."""
+
+    _target: type = field(default_factory=lambda: EdNerfEditTrainer)
+
+
+class EdNerfEditTrainer(EdNerfTrainer):
+    """Rebuilds the source run's pipeline from its config.yml, then edits it from step 0 with fresh optimizers."""
+
+    config: EdNerfEditTrainerConfig
+
+    def setup(self, test_mode="val") -> None:
+        from ednerf_ns.checkpoint import locate_source_run
+        from ednerf_ns.configs import ed_nerf_edit_trainer
+        from ednerf_ns.edit_pipeline import merge_source_config
+        from ednerf_ns.errors import UserError
+
+        if not (self.config.pipeline.model.prompt or "").strip():
+            raise UserError('the target prompt is empty; pass --prompt "what the edited scene should show"')
+        if self.config.load_dir is None:
+            raise UserError("ed-nerf-edit needs the run to edit: pass --load-dir <ed-nerf run>/nerfstudio_models")
+        source = locate_source_run(self.config.load_dir, self.config.load_step)
+        CONSOLE.log(f"Editing {source.checkpoint_path} (trained {source.step + 1} steps); it will not be modified")
+        self.config.pipeline = merge_source_config(self.config.pipeline, source, ed_nerf_edit_trainer().pipeline)
+        super().setup(test_mode=test_mode)  # saves config.yml again, now with the source's architecture
+
+    def _load_checkpoint(self) -> None:
+        # The pipeline loaded (and verified) the source weights itself; optimizers and step start fresh.
+        CONSOLE.print("Edit starts at step 0 with fresh optimizers.")

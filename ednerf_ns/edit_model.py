@@ -1,0 +1,148 @@
+"""ED-NeRF stage 2: the latent NeRF trained by Delta Denoising Score towards a target prompt.
+
+Each step renders one whole training view with gradients and refines it (z_tgt), takes that view's source latent
+(z_src: the encoded image, or the source model's render), and applies the DDS gradient (or SDS, for ablations)
+from one batched UNet call, masked to the edit region, plus a reconstruction loss outside the region.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import Tensor
+from torch.nn import Parameter
+
+from ednerf_ns import guidance
+from ednerf_ns.errors import UserError
+from ednerf_ns.model import EdNerfModel, EdNerfModelConfig
+
+
+@dataclass
+class EdNerfEditModelConfig(EdNerfModelConfig):
+    """Editing options. Architecture options (field, refinement, diffusion model) are taken from the source run's
+    config.yml unless you set them explicitly here."""
+
+    _target: type = field(default_factory=lambda: EdNerfEditModel)
+    prompt: str | None = None
+    """Target prompt: what the edited scene should show (`--prompt` sets it)."""
+    source_prompt: str = ""
+    """Source prompt: what the scene shows now. DDS steers by the difference of the two prompts, so describe the
+    original in the same words, e.g. source 'a red sphere on a gray floor', target 'a blue sphere on a gray
+    floor'. Empty = the unconditional prompt (works, but edits less precisely)."""
+    guidance: guidance.GuidanceKind = "dds"
+    """dds (Delta Denoising Score, the method) or sds (Score Distillation Sampling, the baseline for ablations)."""
+    guidance_scale: float = 7.5
+    """Classifier-free guidance scale for both branches (DDS's 2D default)."""
+    t_min: float = 0.05
+    """Smallest diffusion timestep sampled, as a fraction of the schedule (DDS samples t in [50, 950] of 1000)."""
+    t_max: float = 0.95
+    """Largest diffusion timestep sampled, as a fraction of the schedule."""
+    timestep_weighting: Literal["uniform", "sds"] = "uniform"
+    """w(t): uniform (DDS) or 1 - alpha_bar(t) (DreamFusion's SDS weighting)."""
+    guidance_weight: float = 1.0
+    """Multiplier of the guidance loss. The loss is mean(z * grad): its gradient equals that of an MSE towards the
+    detached target z - grad, so weight 1 pushes as hard as the reconstruction training loss would."""
+    guidance_clip: float = 0.0
+    """Clamp each element of the guidance gradient to [-clip, clip]; 0 = no clamp."""
+    reconstruction_weight: float = 1.0
+    """lambda of the masked reconstruction loss lambda * mean(||(1 - M)(z_tgt - z_src)||^2), which keeps what lies
+    outside the edit mask. Without a mask (M = 1) it is zero."""
+    mask_source: Literal["auto", "dataset", "prompt", "none"] = "auto"
+    """Where the edit mask M comes from: auto = the mask prompt if given, else the dataset's masks if it has
+    them, else none (the whole view is editable)."""
+    mask_prompt: str | None = None
+    """Text naming the region to edit (e.g. 'the hat'), segmented with CLIPSeg in every training view."""
+    segmentation_model: str = "CIDAS/clipseg-rd64-refined"
+    """CLIPSeg checkpoint for --mask-prompt: a hub id or a local folder (transformers layout)."""
+    mask_threshold: float = 0.35
+    """A latent pixel is inside the mask when its value exceeds this (CLIPSeg: probability; dataset masks: the
+    share of its 8x8 image block covered)."""
+    mask_dilation: int = 1
+    """Grow the mask by this many latent pixels (8 image pixels each), so edits can reach the region's border."""
+    masked_guidance: bool = True
+    """Multiply the guidance gradient by M (masked DDS). False = guidance everywhere, reconstruction outside."""
+    source_latent: Literal["image", "render"] = "image"
+    """z_src: the VAE latent of the training image (default), or the source model's own render of the view."""
+    train_refinement: bool = False
+    """Also update the refinement layer while editing. Off by default: a per-view 2D layer could paint the edit
+    into single views instead of the 3D field, which would break multi-view consistency."""
+
+
+class EdNerfEditModel(EdNerfModel):
+    """EdNerfModel whose training loss is DDS/SDS guidance plus the masked reconstruction loss."""
+
+    config: EdNerfEditModelConfig
+
+    def populate_modules(self) -> None:
+        super().populate_modules()
+        if self.refinement is not None and not self.config.train_refinement:
+            self.refinement.requires_grad_(False)
+        # Device-side counter: checking finiteness on the host every step would stall the GPU.
+        self._skipped_steps = torch.zeros((), dtype=torch.long)
+
+    def get_param_groups(self) -> dict[str, list[Parameter]]:
+        groups = super().get_param_groups()
+        if not self.config.train_refinement:
+            groups.pop("refinement", None)
+        return groups
+
+    # ------------------------------------------------------------------ prompts
+    def validate_prompts(self) -> None:
+        """Refuse what cannot work; warn about what cannot do much."""
+        from ednerf_ns.errors import warn
+
+        prompt = (self.config.prompt or "").strip()
+        if not prompt:
+            raise UserError('the target prompt is empty; pass --prompt "what the edited scene should show"')
+        if prompt == self.config.source_prompt.strip() and self.config.guidance == "dds":
+            warn("source and target prompts are identical: DDS has nothing to change (the gradient is zero)")
+        if not self.config.source_prompt.strip() and self.config.guidance == "dds":
+            warn(
+                "no --pipeline.model.source-prompt: DDS will compare against the empty prompt; describing the "
+                "original scene in the target prompt's words gives cleaner edits"
+            )
+        for p in {prompt, self.config.source_prompt}:
+            self.diffusion.embed([p])  # encodes once (cached) and warns if the tokenizer truncates it
+
+    # ------------------------------------------------------------------ the edit step
+    def get_metrics_dict(self, outputs: dict, batch: dict) -> dict[str, Tensor]:
+        metrics = super().get_metrics_dict(outputs, batch)
+        if self.training:
+            metrics["edit_skipped_steps"] = self._skipped_steps.clone()
+        return metrics
+
+    def get_loss_dict(self, outputs: dict, batch: dict, metrics_dict: dict | None = None) -> dict[str, Tensor]:
+        if not self.training:  # eval batches: plain reconstruction numbers against the source images
+            return super().get_loss_dict(outputs, batch, metrics_dict)
+        cfg = self.config
+        diffusion = self.diffusion
+        z_tgt = outputs["latent"]
+        z_src = batch["source_latent" if cfg.source_latent == "render" else "latent"].to(z_tgt.device)[None]
+        mask = batch.get("edit_mask")
+        mask = None if mask is None else mask.to(z_tgt.device)[None]
+        alphas = diffusion.alphas_cumprod()
+        steps = diffusion.num_train_timesteps
+        t, eps = guidance.sample_timestep_and_noise(z_tgt, int(cfg.t_min * (steps - 1)), int(cfg.t_max * (steps - 1)))
+        text = diffusion.embed(["", cfg.prompt or "", cfg.source_prompt])
+        if cfg.guidance == "dds":
+            grad = guidance.dds_gradient(
+                z_tgt, z_src, text[1], text[2], text[0], diffusion.predict_noise, alphas, t, eps, cfg.guidance_scale
+            )
+        else:
+            grad = guidance.sds_gradient(
+                z_tgt, text[1], text[0], diffusion.predict_noise, alphas, t, eps, cfg.guidance_scale
+            )
+        grad = grad * guidance.timestep_weight(t, alphas, cfg.timestep_weighting)
+        out = guidance.sanitize(grad, cfg.guidance_clip)
+        self._skipped_steps = self._skipped_steps.to(z_tgt.device) + (~out.finite).long()
+        guidance_mask = mask if cfg.masked_guidance else None
+        loss = {"guidance_loss": cfg.guidance_weight * guidance.guidance_loss(z_tgt, out.grad, guidance_mask)}
+        if mask is not None and cfg.reconstruction_weight > 0:
+            loss["reconstruction_loss"] = cfg.reconstruction_weight * guidance.masked_reconstruction_loss(
+                z_tgt, z_src, mask
+            )
+        # The proposal networks must keep following the (changing) density of the field.
+        self.add_regularizers(outputs, metrics_dict, loss)
+        return loss

@@ -1,0 +1,177 @@
+"""The ED-NeRF edit pipeline: loads the source run, prepares per-view edit masks, exposes live prompt controls.
+
+The source run is only ever read: its config.yml tells how to rebuild the same field, refinement layer, diffusion
+model and dataparser; its checkpoint is loaded with weights_only=True and every parameter is verified. The edit
+writes a new run folder and starts at step 0 with fresh optimizers.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from nerfstudio.utils.rich_utils import CONSOLE
+from nerfstudio.viewer.viewer_elements import ViewerSlider, ViewerText
+
+from ednerf_ns.checkpoint import SourceRun, load_verified, read_checkpoint
+from ednerf_ns.datamanager import LatentDatamanagerConfig, default_cache_dir
+from ednerf_ns.edit_model import EdNerfEditModel, EdNerfEditModelConfig
+from ednerf_ns.errors import UserError, warn
+from ednerf_ns.model import EdNerfModelConfig
+from ednerf_ns.pipeline import EdNerfPipeline, EdNerfPipelineConfig
+from ednerf_ns.segmentation import TextSegmenter, binarize
+
+
+@dataclass
+class EdNerfEditPipelineConfig(EdNerfPipelineConfig):
+    """Edit pipeline; the source run comes from --load-dir."""
+
+    _target: type = field(default_factory=lambda: EdNerfEditPipeline)
+    model: EdNerfEditModelConfig = field(default_factory=EdNerfEditModelConfig)
+    """The latent NeRF being edited, and the editing options."""
+    source_checkpoint: Path | None = None
+    """Checkpoint of the run being edited. Filled in from --load-dir / --load-step; recorded for provenance."""
+    source_config: Path | None = None
+    """config.yml of the run being edited. Filled in from --load-dir."""
+
+
+class EdNerfEditPipeline(EdNerfPipeline):
+    """See the module docstring."""
+
+    config: EdNerfEditPipelineConfig
+    model: EdNerfEditModel
+
+    def __init__(
+        self,
+        config: EdNerfEditPipelineConfig,
+        device: str,
+        test_mode: Literal["test", "val", "inference"] = "val",
+        world_size: int = 1,
+        local_rank: int = 0,
+        grad_scaler=None,
+    ) -> None:
+        super().__init__(config, device, test_mode, world_size, local_rank, grad_scaler)
+        if test_mode != "val":
+            return  # ns-eval / ns-render / ns-viewer load the edited weights; no UNet, no source run needed
+        if config.source_checkpoint is None:
+            raise UserError("ed-nerf-edit needs the run to edit: pass --load-dir <ed-nerf run>/nerfstudio_models")
+        state = read_checkpoint(config.source_checkpoint)
+        load_verified(self, state["pipeline"], f"source checkpoint '{config.source_checkpoint}'")
+        CONSOLE.log(f"Loaded every parameter of {config.source_checkpoint} (step {state.get('step')})")
+        self.model.validate_prompts()
+        self._prepare_views()
+        cfg = self.model.config
+        self.target_prompt_text = ViewerText(
+            "Target prompt", cfg.prompt or "", cb_hook=self._on_target_prompt, hint="Takes effect on the next step"
+        )
+        self.source_prompt_text = ViewerText(
+            "Source prompt", cfg.source_prompt, cb_hook=self._on_source_prompt, hint="What the scene shows now"
+        )
+        self.guidance_scale_slider = ViewerSlider(
+            "Guidance scale", float(cfg.guidance_scale), 1.0, 30.0, 0.5, cb_hook=self._on_guidance_scale
+        )
+
+    # ------------------------------------------------------------------ viewer callbacks
+    def _on_target_prompt(self, element: ViewerText) -> None:
+        if element.value.strip():  # an emptied field while typing keeps the last usable prompt
+            self.model.config.prompt = element.value
+
+    def _on_source_prompt(self, element: ViewerText) -> None:
+        self.model.config.source_prompt = element.value
+
+    def _on_guidance_scale(self, element: ViewerSlider) -> None:
+        self.model.config.guidance_scale = float(element.value)
+
+    # ------------------------------------------------------------------ per-view preparation
+    def _prepare_views(self) -> None:
+        """Attach `edit_mask` (and `source_latent`) to every cached training view, once."""
+        cfg = self.model.config
+        views = self.datamanager.cached_train
+        source = cfg.mask_source
+        if source == "auto":
+            source = "prompt" if cfg.mask_prompt else ("dataset" if "latent_mask" in views[0] else "none")
+        if source == "prompt" and not (cfg.mask_prompt or "").strip():
+            raise UserError("--pipeline.model.mask-source prompt needs --pipeline.model.mask-prompt 'the region'")
+        if source == "dataset" and "latent_mask" not in views[0]:
+            raise UserError("--pipeline.model.mask-source dataset, but the dataset has no masks (mask_path)")
+        segmenter = None
+        if source == "prompt":
+            cache = (self.datamanager.config.cache_dir or default_cache_dir()) / "masks"
+            segmenter = TextSegmenter(cfg.segmentation_model, self.device, cache)
+        coverage = []
+        for view in views:
+            if source == "dataset":
+                soft = view["latent_mask"]
+            elif source == "prompt":
+                assert segmenter is not None
+                soft = segmenter.latent_probabilities(view["image"], cfg.mask_prompt or "")
+            else:
+                continue
+            mask = binarize(soft.float().cpu(), cfg.mask_threshold, cfg.mask_dilation)
+            view["edit_mask"] = mask.to(view["latent"].device)
+            coverage.append(float(mask.mean()))
+        if coverage:
+            mean = sum(coverage) / len(coverage)
+            CONSOLE.log(f"Edit masks from {source}: {mean:.0%} of each view on average")
+            if max(coverage) == 0.0:
+                warn(
+                    "the edit mask is empty in every view: nothing will change; lower --pipeline.model.mask-threshold"
+                    " or check --pipeline.model.mask-prompt"
+                )
+        else:
+            CONSOLE.log("No edit mask: the whole view is editable")
+        if cfg.source_latent == "render":
+            self._attach_source_renders(views)
+
+    @torch.no_grad()
+    def _attach_source_renders(self, views: list[dict]) -> None:
+        """z_src = the source model's own refined render of each training view (before any edit step)."""
+        was_training = self.model.training
+        self.model.eval()
+        cameras = self.datamanager.train_cameras
+        for idx, view in enumerate(views):
+            camera = cameras[idx : idx + 1].to(self.device)
+            out = self.model.render_latent_view(camera, chunk=self.model.config.eval_num_rays_per_chunk)
+            view["source_latent"] = out["latent"][0].to(view["latent"].device)
+        self.model.train(was_training)
+
+
+def merge_source_config(cli: EdNerfEditPipelineConfig, source: SourceRun, defaults: EdNerfEditPipelineConfig):
+    """The edit's pipeline config: the source run's architecture and data settings, except what the user set.
+
+    A value counts as set by the user when it differs from the method's default; the edit-only options (prompts,
+    guidance, masks) always come from the command line.
+    """
+    src_pipeline = source.config.pipeline  # type: ignore[attr-defined]
+    merged = copy.deepcopy(cli)
+    stage1_fields = {f.name for f in dataclasses.fields(EdNerfModelConfig)} - {"_target", "prompt"}
+    for name in stage1_fields:
+        if getattr(cli.model, name) == getattr(defaults.model, name) and hasattr(src_pipeline.model, name):
+            setattr(merged.model, name, copy.deepcopy(getattr(src_pipeline.model, name)))
+    if merged.model.diffusion_model != src_pipeline.model.diffusion_model:
+        warn(
+            f"editing with diffusion model '{merged.model.diffusion_model}' but the source run was trained with "
+            f"'{src_pipeline.model.diffusion_model}': their VAEs must share one latent space"
+        )
+    src_dm = src_pipeline.datamanager
+    if isinstance(src_dm, LatentDatamanagerConfig):
+        dm = copy.deepcopy(src_dm)
+        for f in dataclasses.fields(LatentDatamanagerConfig):
+            if f.name in ("_target", "data", "dataparser"):
+                continue
+            if getattr(cli.datamanager, f.name) != getattr(defaults.datamanager, f.name):
+                setattr(dm, f.name, copy.deepcopy(getattr(cli.datamanager, f.name)))
+        if type(cli.datamanager.dataparser) is not type(defaults.datamanager.dataparser):
+            dm.dataparser = copy.deepcopy(cli.datamanager.dataparser)
+        dm.data = cli.datamanager.data if cli.datamanager.data is not None else src_dm.data
+        if dm.data is not None:
+            dm.dataparser.data = Path(dm.data)
+        dm._target = cli.datamanager._target
+        merged.datamanager = dm
+    merged.source_checkpoint = source.checkpoint_path
+    merged.source_config = source.config_path
+    return merged
