@@ -33,6 +33,7 @@ from nerfstudio.data.datamanagers.full_images_datamanager import (
 from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
 from nerfstudio.data.datasets.base_dataset import InputDataset
 from nerfstudio.utils.rich_utils import CONSOLE
+from PIL import Image
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from safetensors.torch import load_file, save_file
 from torch import Tensor
@@ -76,6 +77,8 @@ class LatentDatamanager(FullImageDatamanager):
     def __init__(self, config: LatentDatamanagerConfig, device="cpu", test_mode="val", **kwargs) -> None:
         check_dataset_path(config)
         self._diffusion: LatentDiffusion | None = None
+        self.cache_stats: dict[str, tuple[int, int]] = {}
+        """Per split: (latents read from the cache, latents encoded)."""
         try:
             super().__init__(config, device=device, test_mode=test_mode, **kwargs)
         except (AssertionError, KeyError, ValueError, RuntimeError, FileNotFoundError, json.JSONDecodeError) as exc:
@@ -101,20 +104,25 @@ class LatentDatamanager(FullImageDatamanager):
 
     def _load_view(self, dataset: InputDataset, idx: int) -> dict:
         filename = dataset.image_filenames[idx]
+        camera = dataset.cameras[idx].reshape(())
+        height, width = int(camera.height.item()), int(camera.width.item())
         try:
+            with Image.open(filename) as header:  # reads the header only: check the size before the pixels
+                size = header.size
+            scale = dataset.scale_factor  # --pipeline.datamanager.camera-res-scale-factor resizes on load
+            if (int(size[0] * scale), int(size[1] * scale)) != (width, height):
+                raise UserError(
+                    f"image '{filename}' is {size[0]}x{size[1]} but its camera says {width}x{height}; "
+                    f"fix w/h in the dataset's camera parameters"
+                )
             data = dataset.get_data(idx, image_type="float32")
+        except UserError:
+            raise
         except Exception as exc:  # PIL and nerfstudio raise many kinds for a broken file
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(
                 f"could not load image '{filename}': {reason}; replace the file or remove its frame"
             ) from None
-        camera = dataset.cameras[idx].reshape(())
-        height, width = int(camera.height.item()), int(camera.width.item())
-        if tuple(data["image"].shape[:2]) != (height, width):
-            raise UserError(
-                f"image '{filename}' is {data['image'].shape[1]}x{data['image'].shape[0]} but its camera says "
-                f"{width}x{height}; fix w/h in the dataset's camera parameters"
-            )
         if camera.distortion_params is not None and torch.any(camera.distortion_params != 0):
             K, image, mask = _undistort_image(
                 camera,
@@ -181,6 +189,7 @@ class LatentDatamanager(FullImageDatamanager):
                             if self.config.latent_cache:
                                 _atomic_save(latent, cache_dir / f"{keys[i]}.safetensors")
                         progress.advance(task, len(chunk))
+        self.cache_stats[split] = (hits, len(todo))
         where = f" in {cache_dir}" if self.config.latent_cache else ""
         CONSOLE.log(f"Latent targets for {len(items)} {split} images: {hits} cache hits, {len(todo)} encoded{where}")
         for item in items:
@@ -232,7 +241,7 @@ def target_size(height: int, width: int, max_size: int) -> tuple[int, int]:
     scale = min(1.0, max_size / max(height, width)) if max_size > 0 else 1.0
 
     def snap(x: float) -> int:
-        return max(LATENT_SCALE, int(round(x * scale / LATENT_SCALE)) * LATENT_SCALE)
+        return max(LATENT_SCALE, int(x * scale / LATENT_SCALE + 0.5) * LATENT_SCALE)  # nearest, ties up
 
     return snap(height), snap(width)
 

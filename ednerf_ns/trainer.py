@@ -16,6 +16,18 @@ class EdNerfTrainerConfig(TrainerConfig):
 
     _target: type = field(default_factory=lambda: EdNerfTrainer)
 
+    def validate(self) -> None:
+        """Check the user's inputs that can be checked without loading anything."""
+        from ednerf_ns.datamanager import check_dataset_path
+
+        check_dataset_path(self.pipeline.datamanager)
+
+    def save_config(self) -> None:
+        # ns-train saves config.yml (creating the run folder) before it builds anything: validate first, so a
+        # mistyped path fails in one line without leaving an empty run behind.
+        self.validate()
+        super().save_config()
+
 
 class EdNerfTrainer(Trainer):
     """Trainer that rewrites config.yml after setup (so `implementation: auto` is saved as what was built) and
@@ -54,6 +66,18 @@ class EdNerfEditTrainerConfig(EdNerfTrainerConfig):
 
     _target: type = field(default_factory=lambda: EdNerfEditTrainer)
 
+    def validate(self) -> None:
+        from ednerf_ns.checkpoint import locate_source_run
+        from ednerf_ns.errors import UserError
+
+        if not (self.pipeline.model.prompt or "").strip():
+            raise UserError('the target prompt is empty; pass --prompt "what the edited scene should show"')
+        if self.load_dir is None:
+            raise UserError("ed-nerf-edit needs the run to edit: pass --load-dir <ed-nerf run>/nerfstudio_models")
+        locate_source_run(self.load_dir, self.load_step)
+        if self.pipeline.datamanager.data is not None:
+            super().validate()
+
 
 class EdNerfEditTrainer(EdNerfTrainer):
     """Rebuilds the source run's pipeline from its config.yml, then edits it from step 0 with fresh optimizers."""
@@ -64,12 +88,8 @@ class EdNerfEditTrainer(EdNerfTrainer):
         from ednerf_ns.checkpoint import locate_source_run
         from ednerf_ns.configs import ed_nerf_edit_trainer
         from ednerf_ns.edit_pipeline import merge_source_config
-        from ednerf_ns.errors import UserError
 
-        if not (self.config.pipeline.model.prompt or "").strip():
-            raise UserError('the target prompt is empty; pass --prompt "what the edited scene should show"')
-        if self.config.load_dir is None:
-            raise UserError("ed-nerf-edit needs the run to edit: pass --load-dir <ed-nerf run>/nerfstudio_models")
+        self.config.validate()
         source = locate_source_run(self.config.load_dir, self.config.load_step)
         CONSOLE.log(f"Editing {source.checkpoint_path} (trained {source.step + 1} steps); it will not be modified")
         self.config.pipeline = merge_source_config(self.config.pipeline, source, ed_nerf_edit_trainer().pipeline)

@@ -1,0 +1,91 @@
+"""Shared fixtures: a tiny random Stable Diffusion in diffusers layout, small procedural scenes, and short runs.
+
+Everything is made in temporary folders and loaded through the same `from_pretrained` / nerfstudio code paths a
+user's run takes. Nothing is downloaded (HF_HUB_OFFLINE=1).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import hashlib  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def tiny_sd(tmp_path_factory) -> Path:
+    """Random-weight tiny Stable Diffusion (vae/, unet/, text_encoder/, tokenizer/, scheduler/)."""
+    from ednerf_ns.demo.tiny_sd import save_random_model
+
+    return save_random_model(tmp_path_factory.mktemp("tiny_sd"), preset="test", seed=0)
+
+
+def make_scene(out: Path, seed: int = 0, views: int = 12, resolution: int = 64, color: str = "red") -> Path:
+    from ednerf_ns.demo.scene import ObjectSpec, SceneSpec, write_nerfstudio_dataset
+
+    spec = SceneSpec(objects=[ObjectSpec("sphere", color, size=0.6)])
+    return write_nerfstudio_dataset(spec, out, num_views=views, resolution=resolution, seed=seed, supersample=1)
+
+
+@pytest.fixture(scope="session")
+def scene(tmp_path_factory) -> Path:
+    """12 views of a red sphere at 64 x 64 px (8 x 8 latents), with object masks."""
+    return make_scene(tmp_path_factory.mktemp("scene"))
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+def train_config(data: Path, model: Path, out: Path, cache: Path, steps: int, **model_options):
+    """A small `ed-nerf` config for CPU tests (the method's registered config + the small-scene preset)."""
+    from ednerf_ns.configs import ed_nerf_trainer
+    from ednerf_ns.presets import apply_small_scene_preset
+
+    config = apply_small_scene_preset(ed_nerf_trainer())
+    config.machine.device_type = "cpu"
+    config.vis = "tensorboard"
+    config.max_num_iterations = steps
+    config.steps_per_save = steps
+    config.steps_per_eval_batch = 10_000
+    config.steps_per_eval_image = 10_000
+    config.output_dir = out
+    config.experiment_name = "test"
+    config.pipeline.datamanager.data = data
+    config.pipeline.datamanager.cache_dir = cache
+    config.pipeline.model.diffusion_model = str(model)
+    for key, value in model_options.items():
+        setattr(config.pipeline.model, key, value)
+    return config
+
+
+def run_training(config) -> Path:
+    """nerfstudio's own `ns-train` main(), in process; returns the run folder."""
+    from nerfstudio.scripts.train import main
+
+    main(config)
+    return config.get_base_dir()
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, scene, tiny_sd, cache_dir) -> Path:
+    """An `ed-nerf` run (60 steps) on the test scene."""
+    config = train_config(scene, tiny_sd, tmp_path_factory.mktemp("runs"), cache_dir, steps=60)
+    return run_training(config)
+
+
+def tree_hashes(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
