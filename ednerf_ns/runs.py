@@ -1,0 +1,86 @@
+"""Loading finished ed-nerf runs and rendering their views (shared by `ednerf-demo`, `ednerf-eval` and benchmarks)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from ednerf_ns.errors import UserError
+
+
+@dataclass
+class RenderedView:
+    """One rendered view of a run."""
+
+    name: str
+    """File name of the dataset image this view reproduces."""
+    rgb: Tensor
+    """[H, W, 3] decoded render in [0, 1] (CPU)."""
+    image: Tensor
+    """[H, W, 3] the dataset image, resized like the training targets (CPU)."""
+    mask: Tensor | None
+    """[H, W] bool object/edit mask from the dataset at render resolution, if it has masks."""
+
+
+def load_run(config_path: Path, test_mode: str = "test"):
+    """nerfstudio's eval_setup for an ed-nerf run, with one-line errors instead of tracebacks."""
+    import yaml
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    from ednerf_ns.checkpoint import ED_NERF_METHODS
+
+    config_path = Path(config_path).expanduser()
+    if config_path.is_dir():
+        config_path = config_path / "config.yml"
+    if not config_path.is_file():
+        raise UserError(f"'{config_path}' does not exist; pass the config.yml of an ed-nerf or ed-nerf-edit run")
+    try:
+        config = yaml.load(config_path.read_text(), Loader=yaml.Loader)
+    except Exception as exc:
+        raise UserError(f"could not read '{config_path}': {str(exc).splitlines()[0][:200]}") from None
+    if getattr(config, "method_name", None) not in ED_NERF_METHODS:
+        raise UserError(f"'{config_path}' is a '{getattr(config, 'method_name', '?')}' run, not an ed-nerf run")
+    _, pipeline, _, _ = eval_setup(config_path, test_mode=test_mode)  # type: ignore[arg-type]
+    return pipeline
+
+
+@torch.no_grad()
+def render_split(pipeline, split: str = "eval", limit: int | None = None) -> list[RenderedView]:
+    """Render the views of one split (the held-out "eval" views by default) with their images and masks."""
+    dm = pipeline.datamanager
+    cached = dm.cached_eval if split == "eval" else dm.cached_train
+    dataset = dm.eval_dataset if split == "eval" else dm.train_dataset
+    views = []
+    for idx, data in enumerate(cached[:limit]):
+        camera = dataset.cameras[idx : idx + 1].to(pipeline.device)
+        rgb = pipeline.model.get_outputs_for_camera(camera)["rgb"].cpu()
+        mask = data["mask"][..., 0].cpu() if "mask" in data else None
+        views.append(RenderedView(Path(dataset.image_filenames[idx]).name, rgb, data["image"].cpu(), mask))
+    return views
+
+
+def save_png(image: Tensor | np.ndarray, path: Path) -> Path:
+    array = image.detach().cpu().numpy() if isinstance(image, Tensor) else image
+    if array.dtype != np.uint8:
+        array = (np.clip(array, 0, 1) * 255).round().astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+    return path
+
+
+def contact_sheet(rows: list[list[Tensor]], gap: int = 4) -> Tensor:
+    """Images [H, W, 3] in a grid (each row one list), on white, all cells the size of the largest image."""
+    height = max(img.shape[0] for row in rows for img in row)
+    width = max(img.shape[1] for row in rows for img in row)
+    cols = max(len(row) for row in rows)
+    sheet = torch.ones(len(rows) * (height + gap) - gap, cols * (width + gap) - gap, 3)
+    for r, row in enumerate(rows):
+        for c, img in enumerate(row):
+            y, x = r * (height + gap), c * (width + gap)
+            sheet[y : y + img.shape[0], x : x + img.shape[1]] = img.cpu().float()
+    return sheet
