@@ -76,7 +76,7 @@ def ed_nerf_edit_trainer() -> EdNerfEditTrainerConfig:
         ),
         optimizers={
             "proposal_networks": _adam(1e-3, 1e-4, EDIT_STEPS),
-            "fields": _adam(1e-3, 1e-4, EDIT_STEPS),
+            "fields": _adam(1e-2, 1e-3, EDIT_STEPS),
             "refinement": _adam(1e-4, 1e-5, EDIT_STEPS),
             "camera_opt": _adam(1e-4, 1e-5, EDIT_STEPS),
         },

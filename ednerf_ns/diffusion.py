@@ -85,6 +85,7 @@ class LatentDiffusion:
                         f"layout (vae/, unet/, text_encoder/, tokenizer/, scheduler/)"
                     )
                 source = str(folder)
+            _quiet_hf_logging()
             try:
                 if part in ("scheduler", "tokenizer"):
                     obj = cls.from_pretrained(source, subfolder=part)
@@ -248,6 +249,18 @@ class LatentDiffusion:
         return out
 
 
+def _quiet_hf_logging() -> None:
+    """diffusers/transformers print per-load progress bars and advice (e.g. to install accelerate) that are noise
+    in a training log; errors still surface as exceptions."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
 _REGISTRY: dict[tuple[str, str, str], LatentDiffusion] = {}
 _REGISTRY_LOCK = threading.Lock()
 
@@ -259,3 +272,9 @@ def get_diffusion(model: str, device: torch.device | str, dtype: DtypeName = "au
         if key not in _REGISTRY:
             _REGISTRY[key] = LatentDiffusion(model, device, dtype)
         return _REGISTRY[key]
+
+
+def release_all() -> None:
+    """Forget every shared `LatentDiffusion` (frees their weights once nothing else holds them)."""
+    with _REGISTRY_LOCK:
+        _REGISTRY.clear()

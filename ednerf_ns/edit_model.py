@@ -46,7 +46,7 @@ class EdNerfEditModelConfig(EdNerfModelConfig):
     detached target z - grad, so weight 1 pushes as hard as the reconstruction training loss would."""
     guidance_clip: float = 0.0
     """Clamp each element of the guidance gradient to [-clip, clip]; 0 = no clamp."""
-    reconstruction_weight: float = 1.0
+    reconstruction_weight: float = 10.0
     """lambda of the masked reconstruction loss lambda * mean(||(1 - M)(z_tgt - z_src)||^2), which keeps what lies
     outside the edit mask. Without a mask (M = 1) it is zero."""
     mask_source: Literal["auto", "dataset", "prompt", "none"] = "auto"
@@ -65,6 +65,13 @@ class EdNerfEditModelConfig(EdNerfModelConfig):
     """Multiply the guidance gradient by M (masked DDS). False = guidance everywhere, reconstruction outside."""
     source_latent: Literal["image", "render"] = "image"
     """z_src: the VAE latent of the training image (default), or the source model's own render of the view."""
+    distortion_loss_mult: float = 0.0
+    """Distortion regulariser while editing. Off: its tiny gradients reach every hash-grid entry, and Adam scales
+    them up to full steps, so it would drift the regions the edit should keep."""
+    edit_field_mlps: bool = False
+    """Also update the field's MLPs while editing. Off by default: the MLPs are shared by the whole scene, so a
+    change made for the masked region changes everything else too; the hash-grid features are local. (With tcnn
+    the grid and the density MLP are one fused tensor, so there only the colour MLP is frozen.)"""
     train_refinement: bool = False
     """Also update the refinement layer while editing. Off by default: a per-view 2D layer could paint the edit
     into single views instead of the 3D field, which would break multi-view consistency."""
@@ -86,6 +93,11 @@ class EdNerfEditModel(EdNerfModel):
         groups = super().get_param_groups()
         if not self.config.train_refinement:
             groups.pop("refinement", None)
+        if not self.config.edit_field_mlps:
+            local = [p for name, p in self.field.named_parameters() if is_local_field_parameter(name)]
+            for p in self.field.parameters():
+                p.requires_grad_(any(p is q for q in local))
+            groups["fields"] = local
         return groups
 
     # ------------------------------------------------------------------ prompts
@@ -107,12 +119,6 @@ class EdNerfEditModel(EdNerfModel):
             self.diffusion.embed([p])  # encodes once (cached) and warns if the tokenizer truncates it
 
     # ------------------------------------------------------------------ the edit step
-    def get_metrics_dict(self, outputs: dict, batch: dict) -> dict[str, Tensor]:
-        metrics = super().get_metrics_dict(outputs, batch)
-        if self.training:
-            metrics["edit_skipped_steps"] = self._skipped_steps.clone()
-        return metrics
-
     def get_loss_dict(self, outputs: dict, batch: dict, metrics_dict: dict | None = None) -> dict[str, Tensor]:
         if not self.training:  # eval batches: plain reconstruction numbers against the source images
             return super().get_loss_dict(outputs, batch, metrics_dict)
@@ -137,6 +143,8 @@ class EdNerfEditModel(EdNerfModel):
         grad = grad * guidance.timestep_weight(t, alphas, cfg.timestep_weighting)
         out = guidance.sanitize(grad, cfg.guidance_clip)
         self._skipped_steps = self._skipped_steps.to(z_tgt.device) + (~out.finite).long()
+        if metrics_dict is not None:  # nerfstudio computes metrics before losses: report the count here
+            metrics_dict["edit_skipped_steps"] = self._skipped_steps
         guidance_mask = mask if cfg.masked_guidance else None
         loss = {"guidance_loss": cfg.guidance_weight * guidance.guidance_loss(z_tgt, out.grad, guidance_mask)}
         if mask is not None and cfg.reconstruction_weight > 0:
@@ -146,3 +154,8 @@ class EdNerfEditModel(EdNerfModel):
         # The proposal networks must keep following the (changing) density of the field.
         self.add_regularizers(outputs, metrics_dict, loss)
         return loss
+
+
+def is_local_field_parameter(name: str) -> bool:
+    """Hash-grid tables (torch: `hash_table`; tcnn: the fused grid + density network of `mlp_base`)."""
+    return "hash_table" in name or (name.startswith("mlp_base.") and "tcnn_encoding" in name)

@@ -140,6 +140,18 @@ class EdNerfEditPipeline(EdNerfPipeline):
         self.model.train(was_training)
 
 
+# Stage-1 options that are training hyperparameters, not architecture: the edit's own values apply.
+EDIT_TIME_OPTIONS = {
+    "_target",
+    "prompt",
+    "distortion_loss_mult",
+    "interlevel_loss_mult",
+    "raw_loss_mult",
+    "mask_training_loss",
+    "eval_num_rays_per_chunk",
+}
+
+
 def merge_source_config(cli: EdNerfEditPipelineConfig, source: SourceRun, defaults: EdNerfEditPipelineConfig):
     """The edit's pipeline config: the source run's architecture and data settings, except what the user set.
 
@@ -148,7 +160,7 @@ def merge_source_config(cli: EdNerfEditPipelineConfig, source: SourceRun, defaul
     """
     src_pipeline = source.config.pipeline  # type: ignore[attr-defined]
     merged = copy.deepcopy(cli)
-    stage1_fields = {f.name for f in dataclasses.fields(EdNerfModelConfig)} - {"_target", "prompt"}
+    stage1_fields = {f.name for f in dataclasses.fields(EdNerfModelConfig)} - EDIT_TIME_OPTIONS
     for name in stage1_fields:
         if getattr(cli.model, name) == getattr(defaults.model, name) and hasattr(src_pipeline.model, name):
             setattr(merged.model, name, copy.deepcopy(getattr(src_pipeline.model, name)))

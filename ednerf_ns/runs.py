@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +13,49 @@ from PIL import Image
 from torch import Tensor
 
 from ednerf_ns.errors import UserError
+
+
+def train_in_process(config, on_step: Callable[[int], None] | None = None) -> Path:
+    """Run an ns-train style training of `config` in this process and return the run folder.
+
+    What `ns-train` does (seed, save config.yml, build, train), plus: nerfstudio keeps its log writers in module
+    globals and only ever appends to them. `ns-train` is one process per run; in one process, a second run would
+    keep writing into the first run's tensorboard file - modifying a source run during its edit - so the writers
+    are closed and cleared before and after.
+    """
+    from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocation
+
+    _reset_nerfstudio_writers()
+    random.seed(config.machine.seed)
+    np.random.seed(config.machine.seed)
+    torch.manual_seed(config.machine.seed)
+    config.set_timestamp()
+    config.save_config()
+    try:
+        trainer = config.setup(local_rank=0, world_size=1)
+        trainer.setup()
+        if on_step is not None:
+
+            def report(step: int) -> None:  # nerfstudio requires the parameter to be called `step`
+                on_step(step)
+
+            where = [TrainingCallbackLocation.AFTER_TRAIN_ITERATION]
+            trainer.callbacks.append(TrainingCallback(where, report, update_every_num_iters=1))
+        trainer.train()
+    finally:
+        _reset_nerfstudio_writers()
+    return config.get_base_dir()
+
+
+def _reset_nerfstudio_writers() -> None:
+    from nerfstudio.utils import writer
+
+    for event_writer in writer.EVENT_WRITERS:
+        if hasattr(event_writer, "tb_writer"):
+            event_writer.tb_writer.close()
+    writer.EVENT_WRITERS.clear()
+    writer.EVENT_STORAGE.clear()
+    writer.GLOBAL_BUFFER.clear()
 
 
 @dataclass
@@ -25,6 +70,10 @@ class RenderedView:
     """[H, W, 3] the dataset image, resized like the training targets (CPU)."""
     mask: Tensor | None
     """[H, W] bool object/edit mask from the dataset at render resolution, if it has masks."""
+    latent: Tensor
+    """[C, h, w] the rendered (refined) latent at latent resolution (CPU)."""
+    target_latent: Tensor
+    """[C, h, w] the VAE latent of the dataset image (CPU)."""
 
 
 def load_run(config_path: Path, test_mode: str = "test"):
@@ -52,15 +101,19 @@ def load_run(config_path: Path, test_mode: str = "test"):
 @torch.no_grad()
 def render_split(pipeline, split: str = "eval", limit: int | None = None) -> list[RenderedView]:
     """Render the views of one split (the held-out "eval" views by default) with their images and masks."""
+    from ednerf_ns.model import latent_at_latent_resolution
+
     dm = pipeline.datamanager
     cached = dm.cached_eval if split == "eval" else dm.cached_train
     dataset = dm.eval_dataset if split == "eval" else dm.train_dataset
     views = []
     for idx, data in enumerate(cached[:limit]):
         camera = dataset.cameras[idx : idx + 1].to(pipeline.device)
-        rgb = pipeline.model.get_outputs_for_camera(camera)["rgb"].cpu()
+        out = pipeline.model.get_outputs_for_camera(camera)
         mask = data["mask"][..., 0].cpu() if "mask" in data else None
-        views.append(RenderedView(Path(dataset.image_filenames[idx]).name, rgb, data["image"].cpu(), mask))
+        latent = latent_at_latent_resolution(out["latent"]).permute(2, 0, 1).cpu()
+        name = Path(dataset.image_filenames[idx]).name
+        views.append(RenderedView(name, out["rgb"].cpu(), data["image"].cpu(), mask, latent, data["latent"].cpu()))
     return views
 
 

@@ -69,11 +69,10 @@ def train_config(data: Path, model: Path, out: Path, cache: Path, steps: int, **
 
 
 def run_training(config) -> Path:
-    """nerfstudio's own `ns-train` main(), in process; returns the run folder."""
-    from nerfstudio.scripts.train import main
+    """Train in this process the way `ns-train` does (see ednerf_ns.runs.train_in_process); returns the run folder."""
+    from ednerf_ns.runs import train_in_process
 
-    main(config)
-    return config.get_base_dir()
+    return train_in_process(config)
 
 
 @pytest.fixture(scope="session")
@@ -89,3 +88,70 @@ def tree_hashes(folder: Path) -> dict[str, str]:
         for p in sorted(folder.rglob("*"))
         if p.is_file()
     }
+
+
+@pytest.fixture(scope="session")
+def tiny_clipseg(tmp_path_factory, tiny_sd) -> Path:
+    """Random-weight CLIPSeg (model + processor) in transformers layout, for --mask-prompt."""
+    from transformers import (
+        CLIPSegConfig,
+        CLIPSegForImageSegmentation,
+        CLIPSegProcessor,
+        CLIPTokenizer,
+        ViTImageProcessor,
+    )
+
+    out = tmp_path_factory.mktemp("clipseg")
+    tokenizer = CLIPTokenizer.from_pretrained(tiny_sd, subfolder="tokenizer")
+    text = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=77,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    vision = dict(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=3, num_attention_heads=2, image_size=32, patch_size=8
+    )
+    torch.manual_seed(0)
+    config = CLIPSegConfig(
+        text_config=text,
+        vision_config=vision,
+        projection_dim=16,
+        extract_layers=[0, 1],
+        reduce_dim=8,
+        decoder_num_attention_heads=2,
+        decoder_intermediate_size=16,
+    )
+    CLIPSegForImageSegmentation(config).save_pretrained(out)
+    CLIPSegProcessor(
+        image_processor=ViTImageProcessor(size={"height": 32, "width": 32}), tokenizer=tokenizer
+    ).save_pretrained(out)
+    return out
+
+
+def edit_config(source_run: Path, data: Path | None, out: Path, cache: Path, steps: int, **model_options):
+    """A short `ed-nerf-edit` config for CPU tests: architecture from the source run, prompts from the caller."""
+    from ednerf_ns.configs import ed_nerf_edit_trainer
+
+    config = ed_nerf_edit_trainer()
+    config.machine.device_type = "cpu"
+    config.vis = "tensorboard"
+    config.max_num_iterations = steps
+    config.steps_per_save = steps
+    config.steps_per_eval_batch = 10_000
+    config.steps_per_eval_image = 10_000
+    config.output_dir = out
+    config.experiment_name = "edit"
+    config.load_dir = source_run / "nerfstudio_models"
+    config.pipeline.datamanager.data = data
+    config.pipeline.datamanager.cache_dir = cache
+    config.pipeline.model.prompt = "a blue sphere"
+    config.pipeline.model.source_prompt = "a red sphere"
+    for key, value in model_options.items():
+        setattr(config.pipeline.model, key, value)
+    return config

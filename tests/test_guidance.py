@@ -56,7 +56,9 @@ def test_cfg_combination_matches_hand_computation():
     # predictions: uncond 1, target 3, source 2 -> (1 + s(3 - 1)) - (1 + s(2 - 1)) = s
     grad = guidance.dds_gradient(z, z, text(3.0), text(2.0), text(1.0), by_text, ALPHAS, t, eps, 5.0)
     assert torch.allclose(grad, torch.full_like(z, 5.0))
-    assert torch.allclose(guidance.classifier_free_guidance(torch.tensor(1.0), torch.tensor(3.0), 2.0), torch.tensor(5.0))
+    assert torch.allclose(
+        guidance.classifier_free_guidance(torch.tensor(1.0), torch.tensor(3.0), 2.0), torch.tensor(5.0)
+    )
 
 
 def test_sds_differs_from_dds():

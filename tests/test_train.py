@@ -164,6 +164,9 @@ def test_trained_run_writes_checkpoint_and_ns_eval_reports_latent_psnr(trained_r
 def test_get_outputs_for_camera_decodes_full_resolution_rgb(trained_run):
     from nerfstudio.utils.eval_utils import eval_setup
 
+    from ednerf_ns.diffusion import release_all
+
+    release_all()
     _, pipeline, _, _ = eval_setup(trained_run / "config.yml", test_mode="inference")
     camera = pipeline.datamanager.train_dataset.cameras[0:1]
     camera.width[:] = 60  # not a multiple of 8: the decoded image must still match exactly

@@ -774,6 +774,8 @@ def write_nerfstudio_dataset(
     if write_split:
         names = [fr["file_path"] for fr in frames]
         meta["val_filenames"] = [n for i, n in enumerate(names) if i % eval_every == 0]
+        # nerfstudio's "test" split (ns-eval, ns-render dataset) reads test_filenames: the same held-out views
+        meta["test_filenames"] = meta["val_filenames"]
         meta["train_filenames"] = [n for i, n in enumerate(names) if i % eval_every != 0]
     (out / "transforms.json").write_text(json.dumps(meta, indent=2) + "\n")
     scene_meta = {
