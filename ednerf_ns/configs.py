@@ -21,7 +21,7 @@ from ednerf_ns.pipeline import EdNerfPipelineConfig
 from ednerf_ns.trainer import EdNerfEditTrainerConfig, EdNerfTrainerConfig
 
 TRAIN_STEPS = 5000
-EDIT_STEPS = 1000
+EDIT_STEPS = 500
 
 allow_numpy_scalars_in_checkpoints()
 

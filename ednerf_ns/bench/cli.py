@@ -1,0 +1,29 @@
+"""`ednerf-bench {gpu,ablations}`: one console command, one subcommand per measurement."""
+
+from __future__ import annotations
+
+from typing import Annotated, Union
+
+import tyro
+
+
+def entrypoint() -> None:
+    from ednerf_ns.bench.ablations import AblationConfig
+    from ednerf_ns.bench.ablations import main as ablations
+    from ednerf_ns.bench.gpu import GpuBenchConfig
+    from ednerf_ns.bench.gpu import main as gpu
+
+    tyro.extras.set_accent_color("bright_yellow")
+    commands = Union[  # noqa: UP007 - tyro reads subcommands from a typing.Union
+        Annotated[GpuBenchConfig, tyro.conf.subcommand("gpu")],
+        Annotated[AblationConfig, tyro.conf.subcommand("ablations")],
+    ]
+    config = tyro.cli(commands)  # type: ignore[arg-type]
+    if isinstance(config, GpuBenchConfig):
+        gpu(config)
+    else:
+        ablations(config)
+
+
+if __name__ == "__main__":
+    entrypoint()
