@@ -73,6 +73,12 @@ class EdNerfModelConfig(NerfactoModelConfig):
     """Camera pose refinement (off: 1/8-resolution latents constrain poses weakly)."""
     predict_normals: bool = False
     """Not supported by the latent renderer; must stay False."""
+    max_res: int = 512
+    """Finest hash-grid resolution. nerfacto uses 2048 for full-resolution RGB; latents are 1/8 of the image, so a
+    quarter of that already resolves every latent pixel of a 512 px view."""
+    log2_hashmap_size: int = 17
+    """Hash table size per level (log2). A quarter of nerfacto's: the coarser target needs fewer entries, and each
+    Adam step touches every entry (a large share of a CPU step)."""
 
 
 class EdNerfModel(NerfactoModel):
