@@ -74,9 +74,11 @@ class EdNerfEditTrainerConfig(EdNerfTrainerConfig):
             raise UserError('the target prompt is empty; pass --prompt "what the edited scene should show"')
         if self.load_dir is None:
             raise UserError("ed-nerf-edit needs the run to edit: pass --load-dir <ed-nerf run>/nerfstudio_models")
-        locate_source_run(self.load_dir, self.load_step)
-        if self.pipeline.datamanager.data is not None:
-            super().validate()
+        source = locate_source_run(self.load_dir, self.load_step)
+        if self.pipeline.datamanager.data is None:
+            # No --data: edit the source run's scene (and name the run after it, as ns-train does).
+            self.pipeline.datamanager.data = getattr(source.config.pipeline.datamanager, "data", None)
+        super().validate()
 
 
 class EdNerfEditTrainer(EdNerfTrainer):

@@ -39,6 +39,14 @@ def test_edit_run_records_source_and_architecture(edited, trained_run):
     assert list((run / "nerfstudio_models").glob("step-*.ckpt"))
 
 
+def test_edit_defaults_to_the_source_runs_data(trained_run, scene, cache_dir, tmp_path):
+    config = edit_config(trained_run, None, tmp_path, cache_dir, steps=1)
+    config.experiment_name = None  # as on the command line
+    config.validate()
+    assert config.pipeline.datamanager.data == scene
+    assert config.get_base_dir().parts[-3] == scene.name  # experiment named after the scene, not "unnamed"
+
+
 def test_edit_loads_every_source_parameter(trained_run, scene, cache_dir, tmp_path):
     from ednerf_ns.trainer import EdNerfEditTrainer
 
