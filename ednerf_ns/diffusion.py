@@ -21,12 +21,14 @@ import torch
 from torch import Tensor
 
 from ednerf_ns.errors import UserError, warn
+from ednerf_ns.unet_graph import UNetAcceleration, UNetRunner
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 DtypeName = Literal["auto", "float16", "bfloat16", "float32"]
 
 # Hub ids that disappeared: point users at the live copy instead of a bare "not found".
 _MOVED_IDS = {"runwayml/stable-diffusion-v1-5": DEFAULT_MODEL}
+TILED_DECODE_ABOVE = 96 * 96  # latent pixels (a 768 x 768 image)
 _PART_CLASSES = {
     "vae": ("diffusers", "AutoencoderKL"),
     "unet": ("diffusers", "UNet2DConditionModel"),
@@ -61,6 +63,8 @@ class LatentDiffusion:
         self._embeddings: dict[str, Tensor] = {}
         self._lock = threading.Lock()  # the viewer thread decodes while the trainer thread steps
         self._warned_prompts: set[str] = set()
+        self._unet_acceleration = UNetAcceleration()
+        self._unet_runner: UNetRunner | None = None
 
     # ------------------------------------------------------------------ loading
     def _load(self, part: str):
@@ -144,7 +148,9 @@ class LatentDiffusion:
         key = f"fingerprint:{part}"
         if key not in self._parts:
             module = self._load(part)
-            digest = hashlib.sha256(json.dumps(dict(module.config), sort_keys=True, default=str).encode())
+            # keys like _name_or_path say where the files were, not what they are
+            config = {k: v for k, v in dict(module.config).items() if not k.startswith("_")}
+            digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
             digest.update(str(self.dtype).encode())
             for name, tensor in module.state_dict().items():
                 digest.update(name.encode())
@@ -175,7 +181,12 @@ class LatentDiffusion:
         """Latents [B, 4, h, w] -> images [B, 3, 8h, 8w] in [0, 1], float32."""
         vae = self.vae
         z = latents.to(self.device, self.dtype) / self.scaling_factor + self.shift_factor
-        image = vae.decode(z).sample.float()
+        if z.shape[-2] * z.shape[-1] > TILED_DECODE_ABOVE:
+            # A 1080p render decoded in one piece needs several GB of activations in SD's decoder;
+            # diffusers' tiled decoder blends overlapping tiles instead.
+            image = vae.tiled_decode(z).sample.float()
+        else:
+            image = vae.decode(z).sample.float()
         return ((image + 1.0) * 0.5).clamp(0.0, 1.0)
 
     # ------------------------------------------------------------------ text
@@ -234,10 +245,24 @@ class LatentDiffusion:
     def prediction_type(self) -> str:
         return str(getattr(self.scheduler.config, "prediction_type", "epsilon"))
 
+    def set_unet_acceleration(self, options: UNetAcceleration) -> None:
+        """How `predict_noise` runs the UNet on CUDA: CUDA-graph replay, torch.compile, channels_last (see
+        ednerf_ns.unet_graph). Takes effect at the next call and never loads the UNet by itself."""
+        if options != self._unet_acceleration:
+            self._unet_acceleration = options
+            self._unet_runner = None
+
+    @property
+    def unet_runner(self) -> UNetRunner:
+        """The object that calls the UNet (built on first use, with the current acceleration options)."""
+        if self._unet_runner is None:
+            self._unet_runner = UNetRunner(self.unet, self._unet_acceleration)
+        return self._unet_runner
+
     @torch.no_grad()
     def predict_noise(self, noisy: Tensor, t: Tensor, embeddings: Tensor) -> Tensor:
         """The UNet's noise estimate eps(x_t, t, c) as float32, converting v-prediction models (SD 2.x 768)."""
-        out = self.unet(noisy.to(self.dtype), t, encoder_hidden_states=embeddings.to(self.dtype)).sample.float()
+        out = self.unet_runner(noisy.to(self.dtype), t, embeddings.to(self.dtype)).float()
         if self.prediction_type == "v_prediction":
             a = self.alphas_cumprod()[t].view(-1, 1, 1, 1)
             out = a.sqrt() * out + (1 - a).sqrt() * noisy.float()
