@@ -148,6 +148,7 @@ EDIT_TIME_OPTIONS = {
     "interlevel_loss_mult",
     "raw_loss_mult",
     "mask_training_loss",
+    "use_proposal_weight_anneal",
     "eval_num_rays_per_chunk",
 }
 

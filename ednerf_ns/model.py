@@ -142,6 +142,7 @@ class EdNerfModel(NerfactoModel):
         )
         # Viewer toggle (set by the pipeline's checkbox): compare refined and raw renders live.
         self.view_refined = True
+        self._ray_cache: dict[int, tuple[RayBundle, int, int]] = {}
         self.step = 0
 
     def _build_proposal_sampler(self, contraction, implementation: str) -> None:
@@ -208,16 +209,25 @@ class EdNerfModel(NerfactoModel):
         chunk=None renders all rays in one pass (training: the refinement layer needs the whole view in one
         graph); an int splits the rays into chunks of that size (viewing, no gradients).
         """
-        lat_cam = latent_camera(camera.flatten()[0:1])
-        if self.training and self.config.camera_optimizer.mode != "off":
-            lat_cam.camera_to_worlds = self.camera_optimizer.apply_to_camera(camera)
-        rays = lat_cam.generate_rays(camera_indices=0, keep_shape=True, obb_box=obb_box)
-        h, w = rays.shape
-        rays = rays.flatten()
         cam_idx = (camera.metadata or {}).get("cam_idx")
-        if cam_idx is not None and rays.camera_indices is not None:
-            rays.camera_indices = torch.full_like(rays.camera_indices, int(cam_idx))
-        rays = self.collider(rays)
+        # A training view's rays never change (unless poses are optimised): generate them once. Besides the
+        # work, nerfstudio's ray generation synchronises with the GPU several times per call.
+        cacheable = cam_idx is not None and obb_box is None and self.config.camera_optimizer.mode == "off"
+        cached = self._ray_cache.get(int(cam_idx)) if cacheable else None
+        if cached is not None:
+            rays, h, w = cached
+        else:
+            lat_cam = latent_camera(camera.flatten()[0:1])
+            if self.training and self.config.camera_optimizer.mode != "off":
+                lat_cam.camera_to_worlds = self.camera_optimizer.apply_to_camera(camera)
+            rays = lat_cam.generate_rays(camera_indices=0, keep_shape=True, obb_box=obb_box)
+            h, w = rays.shape
+            rays = rays.flatten()
+            if cam_idx is not None and rays.camera_indices is not None:
+                rays.camera_indices = torch.full_like(rays.camera_indices, int(cam_idx))
+            rays = self.collider(rays)
+            if cacheable:
+                self._ray_cache[int(cam_idx)] = (rays, h, w)
         if chunk is None:
             per_ray = self.render_rays(rays)
         else:

@@ -24,6 +24,9 @@ def apply_small_scene_preset(config: TrainerConfig) -> TrainerConfig:
         {"hidden_dim": 16, "log2_hashmap_size": 14, "num_levels": 5, "max_res": 64, "use_linear": False},
         {"hidden_dim": 16, "log2_hashmap_size": 14, "num_levels": 5, "max_res": 128, "use_linear": False},
     ]
+    # short runs: finish annealing the proposal weights early, so training ends with the sampling that
+    # evaluation and editing use (fully annealed)
+    model.proposal_weights_anneal_max_num_iters = 200
     model.refinement_width = 32
     model.refinement_heads = 2
     return config
