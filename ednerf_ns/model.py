@@ -33,6 +33,7 @@ from ednerf_ns.datamanager import LATENT_SCALE
 from ednerf_ns.diffusion import DEFAULT_MODEL, DtypeName, LatentDiffusion, get_diffusion
 from ednerf_ns.errors import UserError
 from ednerf_ns.field import LATENT_FEATURES, Implementation, LatentField, resolve_implementation
+from ednerf_ns.hashgrid import accelerate_hash_grids
 from ednerf_ns.metrics import latent_psnr, psnr, ssim
 from ednerf_ns.refinement import RefinementLayer
 
@@ -73,6 +74,9 @@ class EdNerfModelConfig(NerfactoModelConfig):
     """Camera pose refinement (off: 1/8-resolution latents constrain poses weakly)."""
     predict_normals: bool = False
     """Not supported by the latent renderer; must stay False."""
+    fast_torch_hash_grid: bool = True
+    """Without tiny-cuda-nn: run the hash grids with ednerf_ns's vectorised torch kernel (the same function and
+    parameters as nerfstudio's, with a much faster backward). False = nerfstudio's own torch code."""
     max_res: int = 512
     """Finest hash-grid resolution. nerfacto uses 2048 for full-resolution RGB; latents are 1/8 of the image, so a
     quarter of that already resolves every latent pixel of a 512 px view."""
@@ -126,6 +130,8 @@ class EdNerfModel(NerfactoModel):
         )
         self.camera_optimizer = self.config.camera_optimizer.setup(num_cameras=self.num_train_data, device="cpu")
         self._build_proposal_sampler(contraction, implementation)
+        if implementation == "torch" and self.config.fast_torch_hash_grid:
+            accelerate_hash_grids(self)
         self.collider = NearFarCollider(near_plane=self.config.near_plane, far_plane=self.config.far_plane)
         self.renderer_accumulation = AccumulationRenderer()
         self.renderer_depth = DepthRenderer(method="median")

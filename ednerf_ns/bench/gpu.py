@@ -124,6 +124,8 @@ class GpuBenchConfig:
     """Also run short edits with the UNet eager, replayed from a CUDA graph, and with channels_last."""
     unet_iters: int | None = None
     """Timed UNet calls per variant in the UNet benchmark. Default 30 (sd15) / 2 (tiny)."""
+    train_variants: bool = True
+    """Also time a short ed-nerf run with nerfstudio's own torch hash grid (before/after of ours)."""
     compile: bool = False
     """Also time torch.compile of the UNet (with and without a CUDA graph); compiling takes a minute or more."""
     sync_window: int = 5
@@ -662,6 +664,24 @@ class Bench:
         )
         return run
 
+    def train_variant(self, options: dict[str, Any], steps: int, warmup: int) -> dict[str, Any]:
+        """A short ed-nerf run with other model options (e.g. nerfstudio's own torch hash grid), for comparison
+        with the main training measurement on the same card in the same process."""
+        from ednerf_ns.configs import ed_nerf_trainer
+        from ednerf_ns.presets import apply_small_scene_preset
+
+        config = ed_nerf_trainer()
+        if self.tiny:
+            apply_small_scene_preset(config)
+        self._prepare(config, "train-variant", warmup + steps)
+        config.pipeline.model.diffusion_model = str(self.model_dir)
+        for key, value in options.items():
+            setattr(config.pipeline.model, key, value)
+        run = self._run(config, skip=warmup)
+        del run["trainer"]
+        run.update(options=options, steps_per_s=r3(1e3 / run["step_ms"]["mean"]) if run["step_ms"] else None)
+        return run
+
     def edit(self, name: str, options: dict[str, Any], steps: int, warmup: int) -> dict[str, Any]:
         from ednerf_ns.configs import EDIT_STEPS, ed_nerf_edit_trainer
 
@@ -1006,6 +1026,13 @@ def main(config: GpuBenchConfig) -> dict:
                             results[name] = bench.edit(name, options, short, bench.edit_warmup)
 
                         bench.section(f"edit_variant_{name}", run)
+            if trained and config.train_variants and bench.affordable("train_variants", 60.0):
+                # before/after of the vectorised hash grid, same card, same process
+                variant_steps = max(2, min(30, bench.train_steps))
+                bench.section(
+                    "train_nerfstudio_hash_grid",
+                    lambda: bench.train_variant({"fast_torch_hash_grid": False}, variant_steps, bench.train_warmup),
+                )
             if config.compile and bench.clock.cuda and bench.affordable("unet_compile", 150.0):
                 bench.section("unet_compile", lambda: bench.unet(compiled=True))
         bench.result["targets"] = targets(bench.result)
