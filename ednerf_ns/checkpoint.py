@@ -15,7 +15,7 @@ import torch
 import yaml
 from torch import nn
 
-from ednerf_ns.errors import UserError
+from ednerf_ns.errors import UserError, first_line
 
 ED_NERF_METHODS = ("ed-nerf", "ed-nerf-edit")
 _STEP = re.compile(r"^step-(\d+)\.ckpt$")
@@ -50,8 +50,8 @@ def read_checkpoint(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"could not read checkpoint '{path}': {reason[:200]}") from None
+        reason = first_line(exc, 200)
+        raise UserError(f"could not read checkpoint '{path}': {reason}") from None
     if not isinstance(state, dict) or "pipeline" not in state:
         raise UserError(f"'{path}' is not a nerfstudio checkpoint (no 'pipeline' state)")
     return state
@@ -68,7 +68,7 @@ def locate_source_run(load_dir: Path, load_step: int | None) -> SourceRun:
     try:
         config = yaml.load(config_path.read_text(), Loader=yaml.Loader)
     except Exception as exc:
-        raise UserError(f"could not read '{config_path}': {str(exc).splitlines()[0][:200]}") from None
+        raise UserError(f"could not read '{config_path}': {first_line(exc, 200)}") from None
     method = getattr(config, "method_name", None)
     if method not in ED_NERF_METHODS:
         raise UserError(

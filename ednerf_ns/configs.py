@@ -33,27 +33,35 @@ def _adam(lr: float, final: float, steps: int, max_norm: float | None = None) ->
     }
 
 
-def ed_nerf_trainer() -> EdNerfTrainerConfig:
-    return EdNerfTrainerConfig(
-        method_name="ed-nerf",
+def _trainer(config_class: type, method_name: str, steps: int, pipeline, optimizers: dict, eval_image_every: int):
+    """The settings both stages share: no mixed precision (the NeRF is float32; only diffusion runs in fp16),
+    large viewer/eval chunks (a 512 px view is 4096 latent rays), the viewer on."""
+    return config_class(
+        method_name=method_name,
         steps_per_eval_batch=500,
-        steps_per_eval_image=500,
-        steps_per_save=1000,
-        max_num_iterations=TRAIN_STEPS,
+        steps_per_eval_image=eval_image_every,
+        steps_per_save=min(1000, steps),
+        max_num_iterations=steps,
         mixed_precision=False,
-        pipeline=EdNerfPipelineConfig(
-            datamanager=LatentDatamanagerConfig(dataparser=NerfstudioDataParserConfig()),
-            model=EdNerfModelConfig(eval_num_rays_per_chunk=1 << 15),
-        ),
-        optimizers={
-            "proposal_networks": _adam(1e-2, 1e-4, TRAIN_STEPS),
-            "fields": _adam(1e-2, 1e-4, TRAIN_STEPS),
-            "refinement": _adam(1e-3, 1e-4, TRAIN_STEPS),
-            "camera_opt": _adam(1e-3, 1e-4, TRAIN_STEPS),
-        },
+        pipeline=pipeline,
+        optimizers=optimizers,
         viewer=ViewerConfig(num_rays_per_chunk=1 << 15),
         vis="viewer",
     )
+
+
+def ed_nerf_trainer() -> EdNerfTrainerConfig:
+    pipeline = EdNerfPipelineConfig(
+        datamanager=LatentDatamanagerConfig(dataparser=NerfstudioDataParserConfig()),
+        model=EdNerfModelConfig(eval_num_rays_per_chunk=1 << 15),
+    )
+    optimizers = {
+        "proposal_networks": _adam(1e-2, 1e-4, TRAIN_STEPS),
+        "fields": _adam(1e-2, 1e-4, TRAIN_STEPS),
+        "refinement": _adam(1e-3, 1e-4, TRAIN_STEPS),
+        "camera_opt": _adam(1e-3, 1e-4, TRAIN_STEPS),
+    }
+    return _trainer(EdNerfTrainerConfig, "ed-nerf", TRAIN_STEPS, pipeline, optimizers, eval_image_every=500)
 
 
 ed_nerf = MethodSpecification(
@@ -63,26 +71,19 @@ ed_nerf = MethodSpecification(
 
 
 def ed_nerf_edit_trainer() -> EdNerfEditTrainerConfig:
-    return EdNerfEditTrainerConfig(
-        method_name="ed-nerf-edit",
-        steps_per_eval_batch=500,
-        steps_per_eval_image=250,
-        steps_per_save=500,
-        max_num_iterations=EDIT_STEPS,
-        mixed_precision=False,
-        pipeline=EdNerfEditPipelineConfig(
-            datamanager=LatentDatamanagerConfig(dataparser=NerfstudioDataParserConfig()),
-            model=EdNerfEditModelConfig(eval_num_rays_per_chunk=1 << 15),
-        ),
-        optimizers={
-            "proposal_networks": _adam(1e-3, 1e-4, EDIT_STEPS),
-            "fields": _adam(1e-2, 1e-3, EDIT_STEPS),
-            "refinement": _adam(1e-4, 1e-5, EDIT_STEPS),
-            "camera_opt": _adam(1e-4, 1e-5, EDIT_STEPS),
-        },
-        viewer=ViewerConfig(num_rays_per_chunk=1 << 15),
-        vis="viewer",
+    pipeline = EdNerfEditPipelineConfig(
+        datamanager=LatentDatamanagerConfig(dataparser=NerfstudioDataParserConfig()),
+        model=EdNerfEditModelConfig(eval_num_rays_per_chunk=1 << 15),
     )
+    # Edits move only the hash-grid features (see EdNerfEditModelConfig.edit_field_mlps) at the training rate;
+    # the proposal networks follow the density more gently.
+    optimizers = {
+        "proposal_networks": _adam(1e-3, 1e-4, EDIT_STEPS),
+        "fields": _adam(1e-2, 1e-3, EDIT_STEPS),
+        "refinement": _adam(1e-4, 1e-5, EDIT_STEPS),
+        "camera_opt": _adam(1e-4, 1e-5, EDIT_STEPS),
+    }
+    return _trainer(EdNerfEditTrainerConfig, "ed-nerf-edit", EDIT_STEPS, pipeline, optimizers, eval_image_every=250)
 
 
 ed_nerf_edit = MethodSpecification(

@@ -39,7 +39,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from ednerf_ns.diffusion import LatentDiffusion
-from ednerf_ns.errors import UserError
+from ednerf_ns.errors import UserError, first_line
 
 LATENT_SCALE = 8  # Stable Diffusion's VAE downsamples by 8 in each direction
 
@@ -119,7 +119,7 @@ class LatentDatamanager(FullImageDatamanager):
         except UserError:
             raise
         except Exception as exc:  # PIL and nerfstudio raise many kinds for a broken file
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            reason = first_line(exc)
             raise UserError(
                 f"could not load image '{filename}': {reason}; replace the file or remove its frame"
             ) from None
@@ -230,7 +230,7 @@ def describe_dataset_error(data: Path | None, exc: BaseException) -> str:
     elif isinstance(exc, json.JSONDecodeError):
         detail = f"transforms.json is not valid JSON ({exc.msg} at line {exc.lineno})"
     else:
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        detail = first_line(exc)
     if "No data found" in detail or "list index out of range" in detail:
         detail = "it lists no usable frames"
     return f"could not read the dataset at '{data}': {detail}"

@@ -20,7 +20,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from ednerf_ns.errors import UserError, warn
+from ednerf_ns.errors import UserError, first_line, warn
 from ednerf_ns.unet_graph import UNetAcceleration, UNetRunner
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -104,9 +104,9 @@ class LatentDiffusion:
                 hint = ""
                 if self.model in _MOVED_IDS:
                     hint = f" (that hub id was removed; use {_MOVED_IDS[self.model]})"
-                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                reason = first_line(exc)
                 raise UserError(
-                    f"could not load the '{part}' of diffusion model '{self.model}'{hint}: {reason[:300]}. "
+                    f"could not load the '{part}' of diffusion model '{self.model}'{hint}: {reason}. "
                     f"Pass --pipeline.model.diffusion-model with a local diffusers-layout folder, or a hub id this "
                     f"machine can reach (e.g. {DEFAULT_MODEL})"
                 ) from None

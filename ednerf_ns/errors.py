@@ -25,3 +25,9 @@ def warn(message: str) -> None:
     from nerfstudio.utils.rich_utils import CONSOLE
 
     CONSOLE.print(f"[bold yellow]ed-nerf: warning:[/bold yellow] {message}", highlight=False)
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message (or its type name), to quote inside a one-line error."""
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]

@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from ednerf_ns.datamanager import LATENT_SCALE
-from ednerf_ns.errors import UserError
+from ednerf_ns.errors import UserError, first_line
 
 
 class TextSegmenter:
@@ -28,10 +28,10 @@ class TextSegmenter:
             self.processor = CLIPSegProcessor.from_pretrained(model)
             self.model = CLIPSegForImageSegmentation.from_pretrained(model).to(self.device).eval()
         except Exception as exc:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            reason = first_line(exc, 200)
             raise UserError(
                 f"could not load the segmentation model '{model}' needed by --pipeline.model.mask-prompt: "
-                f"{reason[:200]}. Pass --pipeline.model.segmentation-model <local CLIPSeg folder>, or use the "
+                f"{reason}. Pass --pipeline.model.segmentation-model <local CLIPSeg folder>, or use the "
                 f"dataset's masks / no mask instead"
             ) from None
         self.cache_dir = cache_dir
