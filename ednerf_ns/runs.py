@@ -137,3 +137,20 @@ def contact_sheet(rows: list[list[Tensor]], gap: int = 4) -> Tensor:
             y, x = r * (height + gap), c * (width + gap)
             sheet[y : y + img.shape[0], x : x + img.shape[1]] = img.cpu().float()
     return sheet
+
+
+def quiet_run(config, device: str, output_dir: Path, name: str, steps: int, seed: int) -> None:
+    """Set up `config` (in place) for a run inside another command (demo, ablations): no viewer, no per-step
+    table (the caller's progress bar replaces it), one checkpoint at the end."""
+    config.machine.device_type = device
+    config.machine.seed = seed
+    config.vis = "tensorboard"
+    config.output_dir = output_dir
+    config.experiment_name = name
+    config.max_num_iterations = steps
+    config.steps_per_save = steps
+    config.steps_per_eval_batch = steps + 1
+    config.steps_per_eval_image = steps + 1
+    config.steps_per_eval_all_images = steps + 1
+    config.logging.local_writer.enable = False
+    config.logging.profiler = "none"

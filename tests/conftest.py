@@ -155,3 +155,37 @@ def edit_config(source_run: Path, data: Path | None, out: Path, cache: Path, ste
     for key, value in model_options.items():
         setattr(config.pipeline.model, key, value)
     return config
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory, tiny_sd) -> Path:
+    """Random-weight CLIPModel + CLIPProcessor (tiny towers, the tiny SD tokenizer) in transformers layout."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    out = tmp_path_factory.mktemp("clip")
+    tokenizer = CLIPTokenizer.from_pretrained(tiny_sd, subfolder="tokenizer")
+    text = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        max_position_embeddings=77,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    vision = dict(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8
+    )
+    torch.manual_seed(0)
+    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(out)
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def edited_run(trained_run, scene, cache_dir, tmp_path_factory) -> Path:
+    """A 25-step `ed-nerf-edit` run of `trained_run` ('a red sphere' -> 'a blue sphere', dataset masks)."""
+    return run_training(edit_config(trained_run, scene, tmp_path_factory.mktemp("edited"), cache_dir, steps=25))

@@ -80,7 +80,7 @@ def main(cfg: DemoConfig) -> dict:
     from ednerf_ns.configs import ed_nerf_edit_trainer, ed_nerf_trainer
     from ednerf_ns.demo.scene import caption, write_nerfstudio_dataset
     from ednerf_ns.presets import apply_small_scene_preset
-    from ednerf_ns.runs import train_in_process
+    from ednerf_ns.runs import quiet_run, train_in_process
 
     start = time.time()
     spec = parse_scene_prompt(cfg.source_prompt)
@@ -105,7 +105,7 @@ def main(cfg: DemoConfig) -> dict:
         progress.advance(task)
 
         config = apply_small_scene_preset(ed_nerf_trainer())
-        _quiet(config, device, out / "runs", "demo", train_steps, cfg.seed)
+        quiet_run(config, device, out / "runs", "demo", train_steps, cfg.seed)
         config.pipeline.datamanager.data = data
         config.pipeline.datamanager.cache_dir = cache
         config.pipeline.model.diffusion_model = cfg.diffusion_model
@@ -113,7 +113,7 @@ def main(cfg: DemoConfig) -> dict:
         source_run = train_in_process(config, lambda step: progress.update(task, completed=step + 1))
 
         edit = ed_nerf_edit_trainer()
-        _quiet(edit, device, out / "runs", "demo", edit_steps, cfg.seed)
+        quiet_run(edit, device, out / "runs", "demo", edit_steps, cfg.seed)
         edit.load_dir = source_run / "nerfstudio_models"
         edit.pipeline.datamanager.data = data
         edit.pipeline.datamanager.cache_dir = cache
@@ -139,22 +139,6 @@ def main(cfg: DemoConfig) -> dict:
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     report(metrics, out)
     return metrics
-
-
-def _quiet(config, device: str, output_dir: Path, name: str, steps: int, seed: int) -> None:
-    """A run for the demo: no viewer, no per-step table (the progress bar replaces it), one checkpoint."""
-    config.machine.device_type = device
-    config.machine.seed = seed
-    config.vis = "tensorboard"
-    config.output_dir = output_dir
-    config.experiment_name = name
-    config.max_num_iterations = steps
-    config.steps_per_save = steps
-    config.steps_per_eval_batch = steps + 1
-    config.steps_per_eval_image = steps + 1
-    config.steps_per_eval_all_images = steps + 1
-    config.logging.local_writer.enable = False
-    config.logging.profiler = "none"
 
 
 def measure(source_run: Path, edit_run: Path, target_color: str | None, out: Path) -> dict:
