@@ -10,10 +10,14 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+from nerfstudio.cameras.rays import RaySamples
+from nerfstudio.data.scene_box import SceneBox
+from nerfstudio.field_components.activations import trunc_exp
 from nerfstudio.field_components.field_heads import FieldHeadNames
 from nerfstudio.field_components.mlp import MLP
 from nerfstudio.fields.nerfacto_field import NerfactoField
 from nerfstudio.utils.external import TCNN_EXISTS
+from torch import Tensor
 
 LATENT_FEATURES = FieldHeadNames.RGB  # nerfstudio's samplers/renderers key the colour output by this name
 
@@ -49,3 +53,25 @@ class LatentField(NerfactoField):
             implementation=implementation,
         )
         self.latent_channels = latent_channels
+
+    def get_density(self, ray_samples: RaySamples) -> tuple[Tensor, Tensor]:
+        """nerfacto's density, without marking the sample positions as requiring a gradient.
+
+        NerfactoField marks them so that normals can be taken as the density's gradient. ED-NeRF never predicts
+        normals, and the mark makes every backward pass also differentiate the hash encoding with respect to its
+        input for every field sample: work whose result nobody reads.
+        """
+        positions = ray_samples.frustums.get_positions()
+        if self.spatial_distortion is not None:
+            positions = (self.spatial_distortion(positions) + 2.0) / 4.0  # contracted [-2, 2]^3 -> [0, 1]^3
+        else:
+            positions = SceneBox.get_normalized_positions(positions, self.aabb)
+        # The hash grid takes [0, 1]^3; points outside read the origin's features and get zero density below.
+        inside = ((positions > 0.0) & (positions < 1.0)).all(dim=-1, keepdim=True)
+        positions = positions * inside
+        self._sample_locations = positions
+        h = self.mlp_base(positions.view(-1, 3)).view(*ray_samples.frustums.shape, -1)
+        raw_density, features = torch.split(h, [1, self.geo_feat_dim], dim=-1)
+        self._density_before_activation = raw_density
+        density = self.average_init_density * trunc_exp(raw_density.to(positions)) * inside
+        return density, features

@@ -271,3 +271,37 @@ def test_cli_prints_one_error_line_and_fails(tmp_path):
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("ed-nerf: error: dataset") and "does not exist" in last
     assert "Traceback" not in result.stderr
+
+
+def test_field_density_equals_nerfactos_without_a_position_gradient():
+    # get_density is nerfacto's function; only the (unused) gradient w.r.t. sample positions is left out.
+    from nerfstudio.cameras.rays import Frustums, RaySamples
+    from nerfstudio.fields.nerfacto_field import NerfactoField
+
+    from ednerf_ns.field import LatentField
+
+    torch.manual_seed(0)
+    field = LatentField(
+        torch.tensor([[-1.0] * 3, [1.0] * 3]),
+        num_images=1,
+        implementation="torch",
+        num_levels=4,
+        log2_hashmap_size=10,
+        max_res=64,
+        spatial_distortion=None,  # normalised by the box: samples outside it get zero density
+    )
+    n = 64
+    frustums = Frustums(
+        origins=torch.randn(n, 1, 3),
+        directions=torch.nn.functional.normalize(torch.randn(n, 1, 3)),
+        starts=torch.rand(n, 1, 1),
+        ends=torch.rand(n, 1, 1) + 1,
+        pixel_area=torch.ones(n, 1, 1),
+    )
+    samples = RaySamples(frustums=frustums, camera_indices=torch.zeros(n, 1, 1, dtype=torch.long))
+    density, features = field.get_density(samples)
+    assert not field._sample_locations.requires_grad
+    reference, reference_features = NerfactoField.get_density(field, samples)
+    assert field._sample_locations.requires_grad
+    assert torch.equal(density, reference) and torch.equal(features, reference_features)
+    assert bool((density == 0).any()) and bool((density > 0).any())
