@@ -24,23 +24,23 @@ import torch
 # "before" of the field fix: nerfstudio's get_density marks the sample positions as requiring a gradient.
 BEFORE_FIELD_FIX = "nerfacto_get_density"
 
+FEWER = {"num_proposal_samples_per_ray": (128, 64), "num_nerf_samples_per_ray": 32}
+EVERY_5 = {"proposal_update_every": 5, "proposal_warmup": 1}
+FP32 = {"trainer.mixed_precision": False}  # no autocast, no GradScaler (whose checks synchronise every step)
 EDIT_VARIANTS: dict[str, dict] = {
     "before_field_fix": {BEFORE_FIELD_FIX: True},
     "default": {},
-    "proposals_every_5": {"proposal_update_every": 5, "proposal_warmup": 1},
-    "proposals_frozen": {"proposal_update_every": 10**9, "proposal_warmup": 1},
-    "fewer_samples": {"num_proposal_samples_per_ray": (128, 64), "num_nerf_samples_per_ray": 32},
-    "fewer_samples+proposals_every_5": {
-        "num_proposal_samples_per_ray": (128, 64),
-        "num_nerf_samples_per_ray": 32,
-        "proposal_update_every": 5,
-        "proposal_warmup": 1,
-    },
+    "no_mixed_precision": FP32,
+    "proposals_every_5": EVERY_5,
+    "fewer_samples": FEWER,
+    "fewer_samples+no_mixed_precision": {**FEWER, **FP32},
+    "fewer_samples+proposals_every_5+no_mixed_precision": {**FEWER, **EVERY_5, **FP32},
 }
 TRAIN_VARIANTS: dict[str, dict] = {
-    "before_field_fix": {BEFORE_FIELD_FIX: True},
     "default": {},
-    "proposals_every_5": {"proposal_update_every": 5, "proposal_warmup": 1},
+    "no_mixed_precision": FP32,
+    "proposals_every_5": EVERY_5,
+    "proposals_every_5+no_mixed_precision": {**EVERY_5, **FP32},
 }
 
 
@@ -69,7 +69,11 @@ def short(run: dict) -> dict:
     keep = ("iteration", "render", "unet", "backward", "forward", "optimizer", "loss_without_unet")
     out = {k: phases[k]["median"] for k in keep if k in phases}
     out["iteration_mean"] = (phases.get("iteration") or {}).get("mean")
-    for key in ("peak_allocated_gb", "peak_allocated_after_warmup_gb", "setup_s", "loop_s"):
+    if run.get("loop_s") and run.get("steps_run"):  # host wall clock per step, warm-up included
+        out["loop_ms_per_step"] = round(1e3 * run["loop_s"] / run["steps_run"], 2)
+    syncs = run.get("host_syncs") or {}
+    out["host_syncs_per_step"] = syncs.get("per_step")
+    for key in ("peak_memory_gb", "peak_memory_after_warmup_gb", "setup_s", "loop_s"):
         if key in run:
             out[key] = run[key]
     return out
@@ -79,6 +83,7 @@ def profile_steps(bench, kind: str, options: dict, out: Path, wait: int = 12, ac
     """torch.profiler over `active` steps of a run (after `wait` steps), table sorted by CUDA time."""
     from torch.profiler import ProfilerActivity, profile, schedule
 
+    from ednerf_ns.bench.gpu import apply_options
     from ednerf_ns.configs import ed_nerf_edit_trainer, ed_nerf_trainer
     from ednerf_ns.runs import _reset_nerfstudio_writers
 
@@ -91,8 +96,7 @@ def profile_steps(bench, kind: str, options: dict, out: Path, wait: int = 12, ac
         config.load_dir = bench.train_run / "nerfstudio_models"
         config.pipeline.model.prompt = TARGET_PROMPT
         config.pipeline.model.source_prompt = SOURCE_PROMPT
-    for key, value in options.items():
-        setattr(config.pipeline.model, key, value)
+    apply_options(config, options)
     _reset_nerfstudio_writers()
     config.set_timestamp()
     config.save_config()
@@ -122,7 +126,8 @@ def profile_steps(bench, kind: str, options: dict, out: Path, wait: int = 12, ac
             break
         except Exception:  # older/newer torch name the column differently
             table = ""
-    name = f"profile_{kind}_{'default' if not options else '_'.join(options)}.txt"
+    label = "default" if not options else "_".join(k.removeprefix("trainer.") for k in options)
+    name = f"profile_{kind}_{label}.txt"
     (out / name).write_text(table)
     del trainer
     return table
@@ -212,7 +217,7 @@ def main() -> None:
     for name, options in TRAIN_VARIANTS.items():
         if bench.affordable(f"train_{name}", 40):
             bench.section(f"train_{name}", lambda n=name, o=options: run_variant("train", n, o))
-    for kind, options in (("edit", {}), ("edit", EDIT_VARIANTS["proposals_every_5"]), ("train", {})):
+    for kind, options in (("edit", {}), ("edit", FP32)):
         if bench.affordable(f"profile_{kind}", 40):
             bench.section(f"profile_{kind}", lambda k=kind, o=options: print(profile_steps(bench, k, o, out)[:6000]))
     summary["errors"] = bench.result["errors"]

@@ -675,8 +675,7 @@ class Bench:
             apply_small_scene_preset(config)
         self._prepare(config, "train-variant", warmup + steps)
         config.pipeline.model.diffusion_model = str(self.model_dir)
-        for key, value in options.items():
-            setattr(config.pipeline.model, key, value)
+        apply_options(config, options)
         run = self._run(config, skip=warmup)
         del run["trainer"]
         run.update(options=options, steps_per_s=r3(1e3 / run["step_ms"]["mean"]) if run["step_ms"] else None)
@@ -691,8 +690,7 @@ class Bench:
         config.load_dir = self.train_run / "nerfstudio_models"
         config.pipeline.model.prompt = TARGET_PROMPT
         config.pipeline.model.source_prompt = SOURCE_PROMPT
-        for key, value in options.items():
-            setattr(config.pipeline.model, key, value)
+        apply_options(config, options)
         run = self._run(config, skip=warmup)
         trainer = run.pop("trainer")
         runner = trainer.pipeline.model.diffusion.unet_runner
@@ -915,6 +913,15 @@ def build_sd15(out: Path, device: torch.device, seed: int) -> dict[str, Any]:
     release_memory()
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     return {"build_s": r3(build_s), "save_s": r3(save_s), "folder_bytes": size}
+
+
+def apply_options(config, options: dict[str, Any]) -> None:
+    """Model options by name; `trainer.<name>` sets a trainer option (e.g. trainer.mixed_precision)."""
+    for key, value in options.items():
+        if key.startswith("trainer."):
+            setattr(config, key.removeprefix("trainer."), value)
+        else:
+            setattr(config.pipeline.model, key, value)
 
 
 def release_memory() -> None:
