@@ -292,7 +292,11 @@ _REGISTRY_LOCK = threading.Lock()
 
 def get_diffusion(model: str, device: torch.device | str, dtype: DtypeName = "auto") -> LatentDiffusion:
     """The shared `LatentDiffusion` for this model, device and dtype."""
-    key = (model, str(torch.device(device)), dtype)
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None and torch.cuda.is_available():
+        # "cuda" and "cuda:0" are one device: one key, or a second copy of the UNet would be loaded (seen: 2 GB)
+        device = torch.device("cuda", torch.cuda.current_device())
+    key = (model, str(device), dtype)
     with _REGISTRY_LOCK:
         if key not in _REGISTRY:
             _REGISTRY[key] = LatentDiffusion(model, device, dtype)
