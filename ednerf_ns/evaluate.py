@@ -24,7 +24,7 @@ import torch
 import tyro
 from torch import Tensor
 
-from ednerf_ns.errors import UserError, warn
+from ednerf_ns.errors import UserError, first_line, warn
 from ednerf_ns.runs import RenderedView
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
@@ -277,9 +277,12 @@ class ClipScorer:
             self.processor = CLIPProcessor.from_pretrained(model)
             self.model = CLIPModel.from_pretrained(model).to(device).eval()
         except Exception as exc:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if Path(model).expanduser().exists():
+                reason = first_line(exc, 200)
+            else:  # transformers' hub messages run to several sentences; say what happened in a few words
+                reason = "not a local folder, and not a hub id this machine can load (offline, or misspelled?)"
             raise UserError(
-                f"could not load the CLIP model '{model}': {reason[:160]}. Pass --clip-model <local folder with a "
+                f"could not load the CLIP model '{model}': {reason}. Pass --clip-model <local folder with a "
                 f"transformers CLIPModel and CLIPProcessor> (or a reachable hub id), or --no-clip to skip the CLIP "
                 f"metrics"
             ) from None
