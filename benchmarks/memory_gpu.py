@@ -71,7 +71,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     from ednerf_ns.bench.gpu import SOURCE_PROMPT, TARGET_PROMPT, Bench, GpuBenchConfig
     from ednerf_ns.configs import ed_nerf_edit_trainer
-    from ednerf_ns.runs import _reset_nerfstudio_writers
+    from ednerf_ns.runs import _reset_nerfstudio_writers, start_run
 
     cfg = GpuBenchConfig(mode="sd15", train_steps=10, train_warmup=2, full_edit=False, edit_variants=False)
     torch.backends.cudnn.benchmark = True
@@ -88,9 +88,7 @@ def main() -> None:
         config.pipeline.model.source_prompt = SOURCE_PROMPT
         for key, value in options.items():
             setattr(config.pipeline.model, key, value)
-        _reset_nerfstudio_writers()
-        config.set_timestamp()
-        config.save_config()
+        start_run(config)
         torch.cuda.synchronize()
         state = {"baseline": torch.cuda.memory_allocated()}
         torch.cuda.memory._record_memory_history(max_entries=2_000_000)

@@ -85,7 +85,7 @@ def profile_steps(bench, kind: str, options: dict, out: Path, wait: int = 12, ac
 
     from ednerf_ns.bench.gpu import apply_options
     from ednerf_ns.configs import ed_nerf_edit_trainer, ed_nerf_trainer
-    from ednerf_ns.runs import _reset_nerfstudio_writers
+    from ednerf_ns.runs import _reset_nerfstudio_writers, start_run
 
     config = ed_nerf_edit_trainer() if kind == "edit" else ed_nerf_trainer()
     bench._prepare(config, f"profile-{kind}", wait + active + 2)
@@ -97,9 +97,7 @@ def profile_steps(bench, kind: str, options: dict, out: Path, wait: int = 12, ac
         config.pipeline.model.prompt = TARGET_PROMPT
         config.pipeline.model.source_prompt = SOURCE_PROMPT
     apply_options(config, options)
-    _reset_nerfstudio_writers()
-    config.set_timestamp()
-    config.save_config()
+    start_run(config)
     trainer = config.setup(local_rank=0, world_size=1)
     trainer.setup()
     prof = profile(

@@ -333,30 +333,6 @@ def clip_metrics(
 # Runs and their relation
 
 
-def config_file(path: Path) -> Path:
-    path = Path(path).expanduser()
-    return path / "config.yml" if path.is_dir() else path
-
-
-def read_run_config(path: Path, flag: str):
-    """The run's saved TrainerConfig, with one-line errors naming the flag."""
-    import yaml
-
-    from ednerf_ns.checkpoint import ED_NERF_METHODS
-
-    file = config_file(path)
-    if not file.is_file():
-        raise UserError(f"{flag} '{path}' does not exist; pass the config.yml (or the folder) of an ed-nerf run")
-    try:
-        config = yaml.load(file.read_text(), Loader=yaml.Loader)
-    except Exception as exc:
-        raise UserError(f"could not read {flag} '{file}': {str(exc).splitlines()[0][:200]}") from None
-    method = config.get("method_name") if isinstance(config, dict) else getattr(config, "method_name", None)
-    if method not in ED_NERF_METHODS:
-        raise UserError(f"{flag} '{file}' is a '{method}' run, not an ed-nerf run")
-    return config
-
-
 def resolve_prompts(edited_config, source_prompt: str | None, target_prompt: str | None) -> tuple[str, str, str]:
     """(source prompt, target prompt, where they came from)."""
     model = edited_config.pipeline.model
@@ -411,28 +387,28 @@ def main(cfg: EvalConfig) -> dict:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ednerf_ns.edit_model import EdNerfEditModelConfig
-    from ednerf_ns.runs import contact_sheet, load_run, save_png
+    from ednerf_ns.runs import contact_sheet, load_run, read_run_config, save_png
 
     start = time.time()
     if cfg.max_views is not None and cfg.max_views < 1:
         raise UserError(f"--max-views {cfg.max_views}: render at least one view")
     if not 0 < cfg.consistency_tolerance < 1:
         raise UserError("--consistency-tolerance is a relative depth difference in (0, 1), e.g. 0.05")
-    read_run_config(cfg.source, "--source")
-    edited_config = read_run_config(cfg.edited, "--edited")
+    source_file, _ = read_run_config(cfg.source, "--source")
+    edited_file, edited_config = read_run_config(cfg.edited, "--edited")
     source_prompt, target_prompt, prompt_origin = resolve_prompts(edited_config, cfg.source_prompt, cfg.target_prompt)
     edit_model = edited_config.pipeline.model
     defaults = EdNerfEditModelConfig()
     recorded_source = getattr(edited_config.pipeline, "source_config", None)
-    if recorded_source is not None and Path(recorded_source).resolve() != config_file(cfg.source).resolve():
-        warn(f"the edited run was made from '{recorded_source}', not from --source '{config_file(cfg.source)}'")
+    if recorded_source is not None and Path(recorded_source).resolve() != source_file.resolve():
+        warn(f"the edited run was made from '{recorded_source}', not from --source '{source_file}'")
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # where nerfstudio's eval_setup loads
     scorer = ClipScorer(cfg.clip_model, device) if cfg.clip else None  # fails before anything slow
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=CONSOLE, transient=False) as progress:
-        source_pipeline = load_run(config_file(cfg.source))
-        edited_pipeline = load_run(config_file(cfg.edited))
+        source_pipeline = load_run(source_file)
+        edited_pipeline = load_run(edited_file)
         check_same_scene(source_pipeline, edited_pipeline, cfg.split, cfg.source, cfg.edited)
         dm = source_pipeline.datamanager
         total = len(dm.eval_dataset if cfg.split == "eval" else dm.train_dataset)
@@ -476,8 +452,8 @@ def main(cfg: EvalConfig) -> dict:
         split=cfg.split,
     )
     result.update(
-        source_run=str(config_file(cfg.source)),
-        edited_run=str(config_file(cfg.edited)),
+        source_run=str(source_file),
+        edited_run=str(edited_file),
         wall_time_s=round(time.time() - start, 1),
     )
     out = cfg.output_dir.expanduser()

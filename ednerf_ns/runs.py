@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from ednerf_ns.errors import UserError
+from ednerf_ns.errors import UserError, first_line
 
 
 def train_in_process(config, on_step: Callable[[int], None] | None = None) -> Path:
@@ -25,12 +25,7 @@ def train_in_process(config, on_step: Callable[[int], None] | None = None) -> Pa
     """
     from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocation
 
-    _reset_nerfstudio_writers()
-    random.seed(config.machine.seed)
-    np.random.seed(config.machine.seed)
-    torch.manual_seed(config.machine.seed)
-    config.set_timestamp()
-    config.save_config()
+    start_run(config)
     try:
         trainer = config.setup(local_rank=0, world_size=1)
         trainer.setup()
@@ -45,6 +40,17 @@ def train_in_process(config, on_step: Callable[[int], None] | None = None) -> Pa
     finally:
         _reset_nerfstudio_writers()
     return config.get_base_dir()
+
+
+def start_run(config) -> None:
+    """What `ns-train` does before building the trainer: seed everything, stamp and save config.yml; plus clear
+    nerfstudio's global log writers, which a previous run in this process would otherwise keep writing to."""
+    _reset_nerfstudio_writers()
+    random.seed(config.machine.seed)
+    np.random.seed(config.machine.seed)
+    torch.manual_seed(config.machine.seed)
+    config.set_timestamp()
+    config.save_config()
 
 
 def _reset_nerfstudio_writers() -> None:
@@ -76,24 +82,38 @@ class RenderedView:
     """[C, h, w] the VAE latent of the dataset image (CPU)."""
 
 
-def load_run(config_path: Path, test_mode: str = "test"):
-    """nerfstudio's eval_setup for an ed-nerf run, with one-line errors instead of tracebacks."""
+def run_config_file(path: Path) -> Path:
+    """A run's config.yml, given it or the run folder."""
+    path = Path(path).expanduser()
+    return path / "config.yml" if path.is_dir() else path
+
+
+def read_run_config(path: Path, flag: str | None = None) -> tuple[Path, object]:
+    """(config.yml, its saved TrainerConfig) of an ed-nerf or ed-nerf-edit run, with one-line errors that name
+    `flag` (the command-line option the path came from) when given."""
     import yaml
-    from nerfstudio.utils.eval_utils import eval_setup
 
     from ednerf_ns.checkpoint import ED_NERF_METHODS
 
-    config_path = Path(config_path).expanduser()
-    if config_path.is_dir():
-        config_path = config_path / "config.yml"
-    if not config_path.is_file():
-        raise UserError(f"'{config_path}' does not exist; pass the config.yml of an ed-nerf or ed-nerf-edit run")
+    file = run_config_file(path)
+    what = f"{flag} '{path}'" if flag else f"'{file}'"
+    if not file.is_file():
+        raise UserError(f"{what} does not exist; pass the config.yml (or the folder) of an ed-nerf or ed-nerf-edit run")
     try:
-        config = yaml.load(config_path.read_text(), Loader=yaml.Loader)
+        config = yaml.load(file.read_text(), Loader=yaml.Loader)
     except Exception as exc:
-        raise UserError(f"could not read '{config_path}': {str(exc).splitlines()[0][:200]}") from None
-    if getattr(config, "method_name", None) not in ED_NERF_METHODS:
-        raise UserError(f"'{config_path}' is a '{getattr(config, 'method_name', '?')}' run, not an ed-nerf run")
+        raise UserError(f"could not read {what}: {first_line(exc, 200)}") from None
+    method = config.get("method_name") if isinstance(config, dict) else getattr(config, "method_name", None)
+    if method not in ED_NERF_METHODS:
+        raise UserError(f"{what} is a '{method}' run, not an ed-nerf run")
+    return file, config
+
+
+def load_run(config_path: Path, test_mode: str = "test"):
+    """nerfstudio's eval_setup for an ed-nerf run, with one-line errors instead of tracebacks."""
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    config_path, _ = read_run_config(config_path)
     _, pipeline, _, _ = eval_setup(config_path, test_mode=test_mode)  # type: ignore[arg-type]
     return pipeline
 

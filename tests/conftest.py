@@ -90,6 +90,30 @@ def tree_hashes(folder: Path) -> dict[str, str]:
     }
 
 
+def tiny_clip_towers(tokenizer, text_layers: int, vision_layers: int) -> tuple[dict, dict]:
+    """Text and vision tower configs of a tiny CLIP (width 16, 32 px images) that uses `tokenizer`'s vocabulary."""
+    text = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=text_layers,
+        num_attention_heads=2,
+        max_position_embeddings=77,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    vision = dict(
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=vision_layers,
+        num_attention_heads=2,
+        image_size=32,
+        patch_size=8,
+    )
+    return text, vision
+
+
 @pytest.fixture(scope="session")
 def tiny_clipseg(tmp_path_factory, tiny_sd) -> Path:
     """Random-weight CLIPSeg (model + processor) in transformers layout, for --mask-prompt."""
@@ -103,20 +127,7 @@ def tiny_clipseg(tmp_path_factory, tiny_sd) -> Path:
 
     out = tmp_path_factory.mktemp("clipseg")
     tokenizer = CLIPTokenizer.from_pretrained(tiny_sd, subfolder="tokenizer")
-    text = dict(
-        vocab_size=len(tokenizer),
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        max_position_embeddings=77,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    vision = dict(
-        hidden_size=16, intermediate_size=32, num_hidden_layers=3, num_attention_heads=2, image_size=32, patch_size=8
-    )
+    text, vision = tiny_clip_towers(tokenizer, text_layers=2, vision_layers=3)
     torch.manual_seed(0)
     config = CLIPSegConfig(
         text_config=text,
@@ -164,20 +175,7 @@ def tiny_clip(tmp_path_factory, tiny_sd) -> Path:
 
     out = tmp_path_factory.mktemp("clip")
     tokenizer = CLIPTokenizer.from_pretrained(tiny_sd, subfolder="tokenizer")
-    text = dict(
-        vocab_size=len(tokenizer),
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        max_position_embeddings=77,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    vision = dict(
-        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8
-    )
+    text, vision = tiny_clip_towers(tokenizer, text_layers=1, vision_layers=1)
     torch.manual_seed(0)
     CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(out)
     image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})

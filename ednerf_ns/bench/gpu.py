@@ -28,7 +28,6 @@ import json
 import linecache
 import os
 import platform
-import random
 import shutil
 import statistics
 import subprocess
@@ -727,16 +726,9 @@ class Bench:
         Host synchronisations are listed over `sync_window` steps at the end of the warm-up (after step 0, which
         captures the CUDA graph), so the debug mode's own cost stays out of the measured steps.
         """
-        import numpy as np
+        from ednerf_ns.runs import _reset_nerfstudio_writers, start_run
 
-        from ednerf_ns.runs import _reset_nerfstudio_writers
-
-        _reset_nerfstudio_writers()
-        random.seed(config.machine.seed)
-        np.random.seed(config.machine.seed)
-        torch.manual_seed(config.machine.seed)
-        config.set_timestamp()
-        config.save_config()
+        start_run(config)
         sync_start = max(1, skip - self.cfg.sync_window)
         recorder = StepRecorder(self.clock, sync_start, self.cfg.sync_window, memory_reset_step=skip)
         if self.clock.cuda:
