@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from torch.nn import Parameter
 
-from ednerf_ns import guidance
+from ednerf_ns import guidance, step_graph
 from ednerf_ns.errors import UserError
 from ednerf_ns.model import EdNerfModel, EdNerfModelConfig
 from ednerf_ns.unet_graph import UNetAcceleration
@@ -105,8 +105,13 @@ class EdNerfEditModel(EdNerfModel):
                 channels_last=self.config.unet_channels_last,
             )
         )
-        # Device-side counter: checking finiteness on the host every step would stall the GPU.
-        self._skipped_steps = torch.zeros((), dtype=torch.long)
+        # Device-side counter: checking finiteness on the host every step would stall the GPU. A buffer updated in
+        # place, so that a step replayed from a CUDA graph still counts.
+        self.register_buffer("_skipped_steps", torch.zeros((), dtype=torch.long), persistent=False)
+        # Prompt embeddings [uncond, target, source] and the guidance scale live in buffers that each step refreshes
+        # from the config (the viewer may change both): a step replayed from a CUDA graph reads them from there.
+        self._guidance_text: Tensor | None = None
+        self._guidance_scale: Tensor | None = None
 
     def get_param_groups(self) -> dict[str, list[Parameter]]:
         groups = super().get_param_groups()
@@ -137,6 +142,35 @@ class EdNerfEditModel(EdNerfModel):
         for p in {prompt, self.config.source_prompt}:
             self.diffusion.embed([p])  # encodes once (cached) and warns if the tokenizer truncates it
 
+    def prepare_train_step(self) -> None:
+        """Copy the current prompts' embeddings and guidance scale into the buffers the step reads."""
+        cfg = self.config
+        text = self.diffusion.embed(["", cfg.prompt or "", cfg.source_prompt])
+        if self._guidance_text is None or self._guidance_text.shape != text.shape:
+            self._guidance_text = text.clone()
+            self._guidance_scale = torch.zeros((), device=text.device)
+        else:
+            self._guidance_text.copy_(text)
+        assert self._guidance_scale is not None
+        self._guidance_scale.fill_(float(cfg.guidance_scale))
+
+    def step_graph_options(self) -> tuple:
+        cfg = self.config
+        options = (
+            cfg.guidance,
+            cfg.t_min,
+            cfg.t_max,
+            cfg.timestep_weighting,
+            cfg.guidance_weight,
+            cfg.guidance_clip,
+            cfg.reconstruction_weight,
+            cfg.masked_guidance,
+            cfg.source_latent,
+            cfg.interlevel_loss_mult,
+            cfg.distortion_loss_mult,
+        )
+        return super().step_graph_options() + options
+
     # ------------------------------------------------------------------ the edit step
     def get_loss_dict(self, outputs: dict, batch: dict, metrics_dict: dict | None = None) -> dict[str, Tensor]:
         if not self.training:  # eval batches: plain reconstruction numbers against the source images
@@ -150,18 +184,19 @@ class EdNerfEditModel(EdNerfModel):
         alphas = diffusion.alphas_cumprod()
         steps = diffusion.num_train_timesteps
         t, eps = guidance.sample_timestep_and_noise(z_tgt, int(cfg.t_min * (steps - 1)), int(cfg.t_max * (steps - 1)))
-        text = diffusion.embed(["", cfg.prompt or "", cfg.source_prompt])
+        if not step_graph.is_capturing():  # a capture reads the buffers the caller refreshes before each replay
+            self.prepare_train_step()
+        text, scale = self._guidance_text, self._guidance_scale
+        assert text is not None and scale is not None
         if cfg.guidance == "dds":
             grad = guidance.dds_gradient(
-                z_tgt, z_src, text[1], text[2], text[0], diffusion.predict_noise, alphas, t, eps, cfg.guidance_scale
+                z_tgt, z_src, text[1], text[2], text[0], diffusion.predict_noise, alphas, t, eps, scale
             )
         else:
-            grad = guidance.sds_gradient(
-                z_tgt, text[1], text[0], diffusion.predict_noise, alphas, t, eps, cfg.guidance_scale
-            )
+            grad = guidance.sds_gradient(z_tgt, text[1], text[0], diffusion.predict_noise, alphas, t, eps, scale)
         grad = grad * guidance.timestep_weight(t, alphas, cfg.timestep_weighting)
         out = guidance.sanitize(grad, cfg.guidance_clip)
-        self._skipped_steps = self._skipped_steps.to(z_tgt.device) + (~out.finite).long()
+        self._skipped_steps.add_((~out.finite).long())
         if metrics_dict is not None:  # nerfstudio computes metrics before losses: report the count here
             metrics_dict["edit_skipped_steps"] = self._skipped_steps
         guidance_mask = mask if cfg.masked_guidance else None

@@ -51,8 +51,8 @@ def add_noise(latents: Tensor, eps: Tensor, t: Tensor, alphas_cumprod: Tensor) -
     return a.sqrt() * latents + (1 - a).sqrt() * eps
 
 
-def classifier_free_guidance(eps_uncond: Tensor, eps_cond: Tensor, scale: float) -> Tensor:
-    """eps_uncond + s (eps_cond - eps_uncond)."""
+def classifier_free_guidance(eps_uncond: Tensor, eps_cond: Tensor, scale: float | Tensor) -> Tensor:
+    """eps_uncond + s (eps_cond - eps_uncond); s may be a 0-dim tensor (read on the device, e.g. by a CUDA graph)."""
     return eps_uncond + scale * (eps_cond - eps_uncond)
 
 
@@ -66,7 +66,7 @@ def dds_gradient(
     alphas_cumprod: Tensor,
     t: Tensor,
     eps: Tensor,
-    guidance_scale: float,
+    guidance_scale: float | Tensor,
 ) -> Tensor:
     """DDS gradient: guided score of (z_tgt, target prompt) minus guided score of (z_src, source prompt).
 
@@ -94,7 +94,7 @@ def sds_gradient(
     alphas_cumprod: Tensor,
     t: Tensor,
     eps: Tensor,
-    guidance_scale: float,
+    guidance_scale: float | Tensor,
 ) -> Tensor:
     """SDS gradient (DreamFusion): guided score of (z_tgt, target prompt) minus the injected noise."""
     b = z_tgt.shape[0]

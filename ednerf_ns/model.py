@@ -7,6 +7,8 @@ ns-eval) renders the same way without gradients and decodes to RGB with the VAE 
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -21,7 +23,7 @@ from nerfstudio.field_components.field_heads import FieldHeadNames
 from nerfstudio.field_components.spatial_distortions import SceneContraction
 from nerfstudio.fields.density_fields import HashMLPDensityField
 from nerfstudio.model_components.losses import distortion_loss, interlevel_loss
-from nerfstudio.model_components.ray_samplers import ProposalNetworkSampler, UniformSampler
+from nerfstudio.model_components.ray_samplers import ProposalNetworkSampler
 from nerfstudio.model_components.renderers import AccumulationRenderer, DepthRenderer
 from nerfstudio.model_components.scene_colliders import NearFarCollider
 from nerfstudio.models.nerfacto import NerfactoModel, NerfactoModelConfig
@@ -36,6 +38,7 @@ from ednerf_ns.field import LATENT_FEATURES, Implementation, LatentField, resolv
 from ednerf_ns.hashgrid import accelerate_hash_grids
 from ednerf_ns.metrics import latent_psnr, psnr, ssim
 from ednerf_ns.refinement import RefinementLayer
+from ednerf_ns.samplers import DeviceSpacedSampler
 
 
 @dataclass
@@ -83,6 +86,11 @@ class EdNerfModelConfig(NerfactoModelConfig):
     log2_hashmap_size: int = 17
     """Hash table size per level (log2). A quarter of nerfacto's: the coarser target needs fewer entries, and each
     Adam step touches every entry (a large share of a CPU step)."""
+    step_cuda_graph: bool = True
+    """On CUDA, replay each training step (render, refinement, losses - and for edits the UNet - and the backward
+    pass) from a CUDA graph, captured at a view size's second step: removes the Python and kernel-launch overhead
+    that bounds an eager step. Steps the graph cannot express (optimised camera poses, the proposal-weight anneal
+    of the first training steps, mixed precision) run eagerly. No effect off CUDA."""
 
 
 class EdNerfModel(NerfactoModel):
@@ -185,9 +193,12 @@ class EdNerfModel(NerfactoModel):
             num_proposal_network_iterations=cfg.num_proposal_iterations,
             single_jitter=cfg.use_single_jitter,
             update_sched=update_schedule,
-            initial_sampler=UniformSampler(single_jitter=cfg.use_single_jitter)
-            if cfg.proposal_initial_sampler == "uniform"
-            else None,
+            # nerfstudio's own first-stage samplers copy their bins from the host every call (a synchronisation,
+            # and a CUDA graph cannot contain it); this one makes the same samples on the device.
+            initial_sampler=DeviceSpacedSampler(
+                "uniform" if cfg.proposal_initial_sampler == "uniform" else "piecewise",
+                single_jitter=cfg.use_single_jitter,
+            ),
         )
 
     @property
@@ -215,25 +226,33 @@ class EdNerfModel(NerfactoModel):
         chunk=None renders all rays in one pass (training: the refinement layer needs the whole view in one
         graph); an int splits the rays into chunks of that size (viewing, no gradients).
         """
+        rays, h, w = self.view_rays(camera, obb_box)
+        return self.render_ray_view(rays, h, w, chunk)
+
+    def view_rays(self, camera: Cameras, obb_box: OrientedBox | None = None) -> tuple[RayBundle, int, int]:
+        """The collided rays of `camera`'s latent image, flat, with its height and width."""
         cam_idx = (camera.metadata or {}).get("cam_idx")
         # A training view's rays never change (unless poses are optimised): generate them once. Besides the
         # work, nerfstudio's ray generation synchronises with the GPU several times per call.
         cacheable = cam_idx is not None and obb_box is None and self.config.camera_optimizer.mode == "off"
         cached = self._ray_cache.get(int(cam_idx)) if cacheable else None
         if cached is not None:
-            rays, h, w = cached
-        else:
-            lat_cam = latent_camera(camera.flatten()[0:1])
-            if self.training and self.config.camera_optimizer.mode != "off":
-                lat_cam.camera_to_worlds = self.camera_optimizer.apply_to_camera(camera)
-            rays = lat_cam.generate_rays(camera_indices=0, keep_shape=True, obb_box=obb_box)
-            h, w = rays.shape
-            rays = rays.flatten()
-            if cam_idx is not None and rays.camera_indices is not None:
-                rays.camera_indices = torch.full_like(rays.camera_indices, int(cam_idx))
-            rays = self.collider(rays)
-            if cacheable:
-                self._ray_cache[int(cam_idx)] = (rays, h, w)
+            return cached
+        lat_cam = latent_camera(camera.flatten()[0:1])
+        if self.training and self.config.camera_optimizer.mode != "off":
+            lat_cam.camera_to_worlds = self.camera_optimizer.apply_to_camera(camera)
+        rays = lat_cam.generate_rays(camera_indices=0, keep_shape=True, obb_box=obb_box)
+        h, w = rays.shape
+        rays = rays.flatten()
+        if cam_idx is not None and rays.camera_indices is not None:
+            rays.camera_indices = torch.full_like(rays.camera_indices, int(cam_idx))
+        rays = self.collider(rays)
+        if cacheable:
+            self._ray_cache[int(cam_idx)] = (rays, h, w)
+        return rays, h, w
+
+    def render_ray_view(self, rays: RayBundle, h: int, w: int, chunk: int | None = None) -> dict:
+        """Render the flat rays of an h x w latent view, then refine (see render_latent_view)."""
         if chunk is None:
             per_ray = self.render_rays(rays)
         else:
@@ -250,6 +269,46 @@ class EdNerfModel(NerfactoModel):
         use_refinement = self.refinement is not None and (self.training or self.view_refined)
         outputs["latent"] = self.refinement(raw) if use_refinement else raw
         return outputs
+
+    # ------------------------------------------------------------------ training steps as CUDA graphs
+    def step_graph_inputs(self, camera: Cameras, batch: dict) -> tuple[Hashable | None, dict[str, Tensor]]:
+        """The key and the per-step tensors of a training step for `ednerf_ns.step_graph` (key None: run eagerly).
+
+        The key holds every Python-level decision the step takes: the view's size, whether the proposal networks
+        update this step (nerfstudio decides that in Python), which targets the batch has, and the subclass's
+        options (`step_graph_options`).
+        """
+        cam_idx = (camera.metadata or {}).get("cam_idx")
+        sampler = self.proposal_sampler
+        if cam_idx is None or self.config.camera_optimizer.mode != "off" or sampler._anneal != 1.0:
+            return None, {}  # rays from optimised poses, or a proposal anneal that changes every step
+        rays, h, w = self.view_rays(camera)
+        updated = sampler._steps_since_update > sampler.update_sched(sampler._step) or sampler._step < 10
+        tensors = {f"ray:{name}": value for name, value in ray_tensors(rays).items()}
+        for name, value in batch.items():
+            if isinstance(value, Tensor) and name not in _IMAGE_RESOLUTION_KEYS:
+                tensors[f"batch:{name}"] = value.to(self.device)
+        key = (h, w, bool(updated), tuple(sorted(tensors)), self.step_graph_options())
+        return key, tensors
+
+    def step_graph_options(self) -> tuple:
+        """Options that change what a training step computes; a subclass adds its own."""
+        return (self.config.background_color, self.refinement is not None)
+
+    def step_graph_outputs(self, inputs: dict[str, Tensor]) -> tuple[dict, dict]:
+        """Model outputs and batch of a training step from the (static) tensors of `step_graph_inputs`."""
+        rays = rays_from_tensors({k[4:]: v for k, v in inputs.items() if k.startswith("ray:")})
+        batch = {k[6:]: v for k, v in inputs.items() if k.startswith("batch:")}
+        h, w = batch["latent"].shape[-2:]
+        return self.render_ray_view(rays, int(h), int(w)), batch
+
+    def after_step_graph(self, key: Hashable) -> None:
+        """Redo the Python side effects of a step that was replayed (its Python did not run)."""
+        if key is not None and key[2]:  # type: ignore[index]
+            self.proposal_sampler._steps_since_update = 0
+
+    def prepare_train_step(self) -> None:
+        """Refresh per-step inputs that live in static buffers (before an eager step or a replay)."""
 
     def render_rays(self, rays: RayBundle) -> dict:
         """Sample, query the field and composite latents for a flat bundle of rays."""
@@ -349,6 +408,30 @@ class EdNerfModel(NerfactoModel):
             "accumulation": colormaps.apply_colormap(outputs["accumulation"]),
         }
         return metrics, images
+
+
+# Batch entries at image resolution: no loss reads them, so a step graph does not copy them.
+_IMAGE_RESOLUTION_KEYS = ("image", "mask")
+
+
+def ray_tensors(rays: RayBundle) -> dict[str, Tensor]:
+    """The tensors of a flat RayBundle by name (metadata entries as `metadata.<name>`)."""
+    out = {}
+    for f in dataclasses.fields(rays):
+        value = getattr(rays, f.name)
+        if isinstance(value, Tensor):
+            out[f.name] = value
+        elif f.name == "metadata":
+            # non-tensor entries (nerfstudio copies the camera's `cam_idx` here) are not read by rendering
+            out.update({f"metadata.{k}": v for k, v in (value or {}).items() if isinstance(v, Tensor)})
+    return out
+
+
+def rays_from_tensors(tensors: dict[str, Tensor]) -> RayBundle:
+    """Inverse of `ray_tensors`."""
+    metadata = {k[len("metadata.") :]: v for k, v in tensors.items() if k.startswith("metadata.")}
+    fields = {k: v for k, v in tensors.items() if not k.startswith("metadata.")}
+    return RayBundle(**fields, metadata=metadata)
 
 
 def latent_camera(camera: Cameras) -> Cameras:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
+import torch
 from nerfstudio.engine.trainer import Trainer, TrainerConfig
 from nerfstudio.utils.rich_utils import CONSOLE
+from torch import Tensor
 
 from ednerf_ns.checkpoint import find_checkpoint, load_verified, read_checkpoint
+from ednerf_ns.step_graph import StepGraphRunner
 
 
 @dataclass
@@ -30,15 +34,64 @@ class EdNerfTrainerConfig(TrainerConfig):
 
 
 class EdNerfTrainer(Trainer):
-    """Trainer that rewrites config.yml after setup (so `implementation: auto` is saved as what was built) and
-    resumes from `--load-dir` without nerfstudio's unsafe `torch.load`."""
+    """Trainer that rewrites config.yml after setup (so `implementation: auto` is saved as what was built), resumes
+    from `--load-dir` without nerfstudio's unsafe `torch.load`, and on CUDA replays steps from CUDA graphs."""
 
     config: EdNerfTrainerConfig
+    step_graph: StepGraphRunner | None = None
+    """Runs the training steps (see ednerf_ns.step_graph); None = nerfstudio's eager train_iteration."""
 
     def setup(self, test_mode="val") -> None:
         super().setup(test_mode=test_mode)
         if self.local_rank == 0:
             self.config.save_config()
+        self.step_graph = self._make_step_graph()
+
+    def _make_step_graph(self) -> StepGraphRunner | None:
+        model = self.pipeline.model
+        if not getattr(model.config, "step_cuda_graph", False) or not self.device.startswith("cuda"):
+            return None
+        unsupported = [
+            reason
+            for reason, present in (
+                ("mixed precision", self.mixed_precision),
+                ("gradient accumulation", any(n != 1 for n in self.gradient_accumulation_steps.values())),
+                ("--logging.log-gradients", self.config.log_gradients),
+                ("several GPUs", self.world_size > 1),
+            )
+            if present
+        ]
+        if unsupported:
+            CONSOLE.log(f"Training steps run eagerly (no CUDA graph with {', '.join(unsupported)})")
+            return None
+        return StepGraphRunner(name=f"{self.config.method_name} step")
+
+    def train_iteration(self, step: int):
+        runner = self.step_graph
+        if runner is None:
+            return super().train_iteration(step)
+        # nerfstudio's train_iteration for this trainer's settings (no scaler, no accumulation), with the forward
+        # and backward pass run by the step graph.
+        groups = list(self.optimizers.parameters.keys())
+        self.optimizers.zero_grad_some(groups)
+        model = self.pipeline.model
+        model.prepare_train_step()
+        camera, batch = self.pipeline.datamanager.next_train(step)
+        key, inputs = model.step_graph_inputs(camera, batch)
+        if key is None:
+            loss, loss_dict, metrics = loss_and_backward(model, model(camera), batch)
+        else:
+
+            def step_fn(static: dict[str, Tensor]):
+                outputs, static_batch = model.step_graph_outputs(static)
+                return loss_and_backward(model, outputs, static_batch)
+
+            params = [p for group in self.optimizers.parameters.values() for p in group]
+            loss, loss_dict, metrics = runner.run(key, inputs, step_fn, params)
+            model.after_step_graph(key)
+        self.optimizers.optimizer_scaler_step_some(self.grad_scaler, groups)
+        self.optimizers.scheduler_step_all(step)
+        return loss, loss_dict, metrics
 
     def _load_checkpoint(self) -> None:
         if self.config.load_dir is None and self.config.load_checkpoint is None:
@@ -100,3 +153,12 @@ class EdNerfEditTrainer(EdNerfTrainer):
     def _load_checkpoint(self) -> None:
         # The pipeline loaded (and verified) the source weights itself; optimizers and step start fresh.
         CONSOLE.print("Edit starts at step 0 with fresh optimizers.")
+
+
+def loss_and_backward(model, outputs: dict, batch: dict) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
+    """Metrics, losses and the backward pass of one training step (what nerfstudio's pipeline and trainer do)."""
+    metrics = model.get_metrics_dict(outputs, batch)
+    loss_dict = model.get_loss_dict(outputs, batch, metrics)
+    loss = functools.reduce(torch.add, loss_dict.values())
+    loss.backward()
+    return loss, loss_dict, metrics

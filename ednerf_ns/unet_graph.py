@@ -100,7 +100,14 @@ class UNetRunner:
 
     @torch.no_grad()
     def __call__(self, sample: Tensor, timestep: Tensor, text: Tensor) -> Tensor:
-        if not self.options.cuda_graph or self.stats.capture_failure is not None or not torch.is_tensor(timestep):
+        if (
+            not self.options.cuda_graph
+            or self.stats.capture_failure is not None
+            or not torch.is_tensor(timestep)
+            or _inside_capture(sample)
+        ):
+            # Inside a capture (the whole step is being recorded, see ednerf_ns.step_graph) the call's kernels
+            # become part of that graph; replaying a graph of our own there is not possible.
             self.stats.direct_calls += 1
             return self.run_direct(sample, timestep, text)
         key = (
@@ -154,6 +161,12 @@ class UNetRunner:
         self.stats.captures += 1
         self.stats.shapes.append(tuple(sample.shape))
         return graph
+
+
+def _inside_capture(sample: Tensor) -> bool:
+    from ednerf_ns.step_graph import is_capturing
+
+    return is_capturing() or (sample.is_cuda and torch.cuda.is_current_stream_capturing())
 
 
 def cuda_graph_capture(fn: Callable[[], Tensor], warmup: int) -> tuple[Callable[[], None], Tensor]:

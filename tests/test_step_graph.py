@@ -1,0 +1,213 @@
+"""Whole training steps replayed from a graph (ednerf_ns.step_graph), checked on the CPU.
+
+`recorded_capture` gives a CUDA graph's semantics on the CPU: operators replay on the same tensors, Python does
+not run again. So these tests catch what a real capture would get wrong - inputs baked in at capture, Python
+state that a replay does not update, gradients that do not reach the optimizer - and they compare whole edits
+run through the graph with the same edits run eagerly, step for step.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from conftest import edit_config, train_config
+
+from ednerf_ns.step_graph import CaptureError, StepGraphRunner, recorded_capture
+
+
+# ---------------------------------------------------------------------------------------------------- the runner
+def toy_step(weight: torch.Tensor, state: dict):
+    def fn(inputs: dict[str, torch.Tensor]):
+        noise = torch.randn_like(inputs["x"])
+        loss = ((inputs["x"] * weight + noise - inputs["y"]) ** 2).mean()
+        loss.backward()
+        state["calls"] += 1  # Python: runs at warm-up and capture only
+        return loss
+
+    return fn
+
+
+def run_toy(runner: StepGraphRunner | None, steps: int = 6) -> tuple[torch.Tensor, list[float], dict]:
+    torch.manual_seed(0)
+    weight = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.SGD([weight], lr=0.1)
+    state = {"calls": 0}
+    losses = []
+    for step in range(steps):
+        opt.zero_grad(set_to_none=True)
+        inputs = {"x": torch.full((3,), float(step + 1)), "y": torch.arange(3.0)}
+        fn = toy_step(weight, state)
+        loss = fn(inputs) if runner is None else runner.run("key", inputs, fn, [weight])
+        losses.append(float(loss.detach()))
+        opt.step()
+    return weight.detach().clone(), losses, state
+
+
+def test_runner_matches_eager_steps_and_replays_without_python():
+    eager_weight, eager_losses, _ = run_toy(None)
+    runner = StepGraphRunner(capture=recorded_capture)
+    weight, losses, state = run_toy(runner)
+    assert losses == eager_losses  # new inputs every step, fresh noise every replay, same order of draws
+    assert torch.equal(weight, eager_weight)  # the gradients the replays wrote reached the optimizer
+    assert (runner.stats.eager_steps, runner.stats.captures, runner.stats.replays) == (1, 1, 4)
+    assert state["calls"] == 2  # warm-up + capture: replays ran no Python
+
+
+def test_recorder_replays_like_a_graph_python_rebinding_is_not_replayed():
+    counter = {"t": torch.zeros(())}
+    inplace = torch.zeros(())
+
+    def fn():
+        counter["t"] = counter["t"] + 1  # rebinds a Python name: a graph keeps adding to the *captured* input
+        inplace.add_(1)  # in place: a graph keeps counting
+        return counter["t"]
+
+    replay, out, executed, _ = recorded_capture(fn, None)
+    for _ in range(3):
+        replay()
+    assert executed and float(inplace) == 4.0
+    assert float(counter["t"]) == 1.0 and float(out) == 1.0
+
+
+@pytest.mark.parametrize(
+    "body",
+    [lambda x: float(x.sum()), lambda x: x[x > 0], lambda x: torch.tensor([1.0, 2.0]) + x, lambda x: x.nonzero()],
+    ids=["item", "bool-index", "host-tensor", "nonzero"],
+)
+def test_recorder_refuses_what_a_cuda_graph_cannot_capture(body):
+    with pytest.raises(CaptureError):
+        recorded_capture(lambda: body(torch.randn(2)), None)
+
+
+def test_failed_capture_falls_back_to_eager_steps(capsys):
+    torch.manual_seed(0)
+    weight = torch.nn.Parameter(torch.ones(3))
+    runner = StepGraphRunner(capture=recorded_capture)
+
+    def fn(inputs):
+        loss = (inputs["x"] * weight).sum()
+        loss.backward()
+        return float(loss)  # reads a value on the host: cannot be a graph
+
+    results = [runner.run("key", {"x": torch.full((3,), float(i))}, fn, [weight]) for i in range(4)]
+    assert results == [0.0, 3.0, 6.0, 9.0]
+    assert runner.stats.capture_failure is not None and "_local_scalar_dense" in runner.stats.capture_failure
+    assert runner.stats.captures == 0 and runner.stats.eager_steps == 4
+    captured = capsys.readouterr()
+    assert "running steps eagerly" in captured.out + captured.err
+
+
+def test_runner_keeps_one_graph_per_key_and_a_limit():
+    weight = torch.nn.Parameter(torch.ones(2))
+    runner = StepGraphRunner(capture=recorded_capture, max_graphs=1)
+
+    def fn(inputs):
+        loss = (inputs["x"] * weight).sum()
+        loss.backward()
+        return loss
+
+    for key in ["a", "a", "a", "b", "b", "b"]:
+        runner.run(key, {"x": torch.ones(2)}, fn, [weight])
+    assert runner.stats.keys == ["a"]
+    assert (runner.stats.captures, runner.stats.replays, runner.stats.eager_steps) == (1, 1, 4)
+
+
+# ---------------------------------------------------------------------------------------------------- whole steps
+def setup_trainer(config, graph: bool):
+    from nerfstudio.engine.callbacks import TrainingCallbackLocation
+
+    from ednerf_ns.runs import start_run
+
+    start_run(config)
+    trainer = config.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    trainer.step_graph = StepGraphRunner(capture=recorded_capture) if graph else None
+    random.seed(1)
+    np.random.seed(1)
+    torch.manual_seed(1)
+
+    def step(i: int):
+        trainer.pipeline.train()
+        for cb in trainer.callbacks:
+            cb.run_callback_at_location(i, location=TrainingCallbackLocation.BEFORE_TRAIN_ITERATION)
+        out = trainer.train_iteration(i)
+        for cb in trainer.callbacks:
+            cb.run_callback_at_location(i, location=TrainingCallbackLocation.AFTER_TRAIN_ITERATION)
+        return out
+
+    return trainer, step
+
+
+def run_steps(config, graph: bool, steps: int, changes: dict[int, dict] | None = None):
+    """`steps` training steps; `changes` sets model config values before given steps (as the viewer does)."""
+    trainer, step = setup_trainer(config, graph)
+    losses = []
+    for i in range(steps):
+        for name, value in (changes or {}).get(i, {}).items():
+            setattr(trainer.pipeline.model.config, name, value)
+        loss, _, metrics = step(i)
+        losses.append(float(loss))
+    params = {k: v.detach().clone() for k, v in trainer.pipeline.model.named_parameters()}
+    return trainer, losses, params
+
+
+def assert_same_run(eager, graph):
+    _, eager_losses, eager_params = eager
+    _, graph_losses, graph_params = graph
+    assert graph_losses == pytest.approx(eager_losses, rel=1e-5, abs=1e-7)
+    for name, value in eager_params.items():
+        torch.testing.assert_close(graph_params[name], value, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_edit_steps_through_the_graph_equal_eager_steps(trained_run, scene, cache_dir, tmp_path):
+    # The viewer's controls change the target prompt and the guidance scale mid-run; an infinite scale makes
+    # the guidance non-finite, which the device-side counter must count in replayed steps too.
+    steps = 16
+    changes = {6: {"prompt": "a green sphere"}, 12: {"guidance_scale": float("inf")}}
+
+    def config(name):
+        return edit_config(trained_run, scene, tmp_path / name, cache_dir, steps=steps)
+
+    eager = run_steps(config("eager"), graph=False, steps=steps, changes=changes)
+    graph = run_steps(config("graph"), graph=True, steps=steps, changes=changes)
+    stats = graph[0].step_graph.stats
+    assert stats.captures == 1 and stats.replays == steps - 2, stats
+    assert_same_run(eager, graph)
+    skipped = [int(run[0].pipeline.model._skipped_steps) for run in (eager, graph)]
+    assert skipped == [steps - 12, steps - 12]
+
+
+def test_training_steps_through_the_graph_equal_eager_steps(scene, tiny_sd, cache_dir, tmp_path):
+    # Steps 0-2 anneal the proposal weights (eager: the anneal changes every step); steps 3-9 update the
+    # proposal networks every step, later steps every other step: two graphs, both replayed.
+    steps = 18
+
+    def config(name):
+        c = train_config(scene, tiny_sd, tmp_path / name, cache_dir, steps=steps)
+        c.pipeline.model.proposal_weights_anneal_max_num_iters = 3
+        return c
+
+    eager = run_steps(config("eager"), graph=False, steps=steps)
+    graph = run_steps(config("graph"), graph=True, steps=steps)
+    stats = graph[0].step_graph.stats
+    # the runner sees the 15 steps after the anneal: each key's first step warms up, its second is captured
+    assert (stats.captures, stats.eager_steps, stats.replays) == (2, 2, steps - 3 - 4), stats
+    assert_same_run(eager, graph)
+
+
+def test_steps_the_graph_cannot_express_run_eagerly(scene, tiny_sd, cache_dir, tmp_path):
+    config = train_config(scene, tiny_sd, tmp_path, cache_dir, steps=4)  # anneals the proposal weights
+    trainer, step = setup_trainer(config, graph=True)
+    for i in range(4):
+        step(i)
+    assert trainer.step_graph.stats.captures == 0 and trainer.step_graph.stats.replays == 0
+
+
+def test_step_graph_is_off_on_the_cpu(trained_run, scene, cache_dir, tmp_path):
+    config = edit_config(trained_run, scene, tmp_path, cache_dir, steps=1)
+    trainer = config.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    assert trainer.step_graph is None
