@@ -9,6 +9,9 @@ to float rounding, not bit for bit, between runs). On an H100, forward + backwar
 step's first proposal network: 4.1 ms vs nerfstudio's 16.8 ms (docs/benchmarks.md). Weights are a product of
 per-axis factors, not a `prod` over them: `prod`'s backward takes a slow zero-safe path when a factor is 0, which
 it is for every sample outside the scene box.
+
+On CUDA, when Triton is importable and the positions need no gradient (always, in ED-NeRF), the same function runs
+as two fused kernels instead (ednerf_ns.hashgrid_triton).
 """
 
 from __future__ import annotations
@@ -46,9 +49,19 @@ class FastHashEncoding(HashEncoding):
         self.register_buffer("_fast_scalings", self.scalings.to(device=device, dtype=torch.float32), persistent=False)
         self.register_buffer("_fast_offsets", self.hash_offset.to(device=device, dtype=torch.int64), persistent=False)
 
+    use_triton: bool = False
+    """On CUDA, when the positions need no gradient: the fused Triton kernels of ednerf_ns.hashgrid_triton."""
+
     def pytorch_fwd(self, in_tensor: Tensor) -> Tensor:
         if getattr(self, "_fast_primes", None) is None or self._fast_primes.device != in_tensor.device:
             self._prepare(in_tensor.device)
+        if self.use_triton and in_tensor.is_cuda and not in_tensor.requires_grad and _triton_usable(self):
+            try:
+                from ednerf_ns.hashgrid_triton import hash_grid_encode
+
+                return hash_grid_encode(in_tensor, self.hash_table, self._fast_scalings, self.hash_table_size)
+            except Exception as exc:  # no triton, an unsupported GPU, a compiler error: the torch path still works
+                _disable_triton(exc)
         batch_shape = in_tensor.shape[:-1]
         x = in_tensor.reshape(-1, 1, 3) * self._fast_scalings.view(1, -1, 1)  # [N, L, 3]
         floor = torch.floor(x)
@@ -73,15 +86,33 @@ class FastHashEncoding(HashEncoding):
         return encoded.reshape(*batch_shape, -1)
 
 
-def accelerate_hash_grids(module: nn.Module) -> int:
+_TRITON_FAILURE: list[str] = []
+
+
+def _triton_usable(encoding: HashEncoding) -> bool:
+    features = int(encoding.features_per_level)
+    power_of_two = encoding.hash_table_size & (encoding.hash_table_size - 1) == 0
+    return not _TRITON_FAILURE and power_of_two and features & (features - 1) == 0
+
+
+def _disable_triton(exc: BaseException) -> None:
+    _TRITON_FAILURE.append(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc) else ''}")
+    from ednerf_ns.errors import warn
+
+    warn(f"the Triton hash-grid kernels are not usable here ({_TRITON_FAILURE[0]}); using the torch kernels")
+
+
+def accelerate_hash_grids(module: nn.Module, triton: bool = True) -> int:
     """Switch every torch-backed HashEncoding inside `module` to FastHashEncoding; returns how many.
 
     Only the class of each instance changes: parameters, their names and the encoded function stay the same.
-    tcnn-backed encodings are left alone (they are fast already).
+    tcnn-backed encodings are left alone (they are fast already). `triton`: use the fused Triton kernels on CUDA.
     """
     count = 0
     for sub in module.modules():
         if type(sub) is HashEncoding and sub.tcnn_encoding is None:
             sub.__class__ = FastHashEncoding
             count += 1
+        if isinstance(sub, FastHashEncoding):
+            sub.use_triton = triton
     return count

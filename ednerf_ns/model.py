@@ -80,6 +80,9 @@ class EdNerfModelConfig(NerfactoModelConfig):
     fast_torch_hash_grid: bool = True
     """Without tiny-cuda-nn: run the hash grids with ednerf_ns's vectorised torch kernel (the same function and
     parameters as nerfstudio's, with a much faster backward). False = nerfstudio's own torch code."""
+    triton_hash_grid: bool = True
+    """With the vectorised torch hash grid on CUDA: run it as two fused Triton kernels (forward; table gradient)
+    when triton is importable - the same function and parameters, a fraction of the memory traffic."""
     max_res: int = 512
     """Finest hash-grid resolution. nerfacto uses 2048 for full-resolution RGB; latents are 1/8 of the image, so a
     quarter of that already resolves every latent pixel of a 512 px view."""
@@ -139,7 +142,7 @@ class EdNerfModel(NerfactoModel):
         self.camera_optimizer = self.config.camera_optimizer.setup(num_cameras=self.num_train_data, device="cpu")
         self._build_proposal_sampler(contraction, implementation)
         if implementation == "torch" and self.config.fast_torch_hash_grid:
-            accelerate_hash_grids(self)
+            accelerate_hash_grids(self, triton=self.config.triton_hash_grid)
         self.collider = NearFarCollider(near_plane=self.config.near_plane, far_plane=self.config.far_plane)
         self.renderer_accumulation = AccumulationRenderer()
         self.renderer_depth = DepthRenderer(method="median")

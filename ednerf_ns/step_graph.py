@@ -239,8 +239,7 @@ class _Recorder(TorchDispatchMode):
         host_data = name in _HOST_DATA and isinstance(args[0], Tensor) and args[0].dim() > 0
         if host_data or name in _SYNCING or (name == "aten::index" and _has_bool_index(args)):
             raise CaptureError(
-                f"{name} at {_caller()} synchronises with the device (or copies host data to it) and cannot be "
-                f"captured"
+                f"{name} at {_caller()} synchronises with the device (or copies host data to it) and cannot be captured"
             )
         if name == "aten::_to_copy" and kwargs.get("device") is not None:
             source = args[0]

@@ -1,0 +1,176 @@
+"""The hash-grid encoding as two fused Triton kernels (CUDA), used by `FastHashEncoding` when Triton is there.
+
+The torch version (ednerf_ns.hashgrid) runs about twenty kernels per encoding and writes every intermediate -
+corner coordinates, hashes, indices, weights, gathered features, all of them [samples, levels, 8] - to memory and
+reads it back; its backward scatters through a sorted index. Here one kernel does the whole forward for a block
+of samples and one level (coordinates, hashes, trilinear weights, gathers, weighted sum) and writes only the
+output, and one kernel does the backward by recomputing corners and weights and adding `weight * grad` into
+the table gradient atomically. The function and its parameters are nerfstudio's (the same hash, corners, offsets
+and weights), so checkpoints are interchangeable and results agree to float rounding.
+
+Only the gradient with respect to the table is provided: nothing in ED-NeRF differentiates the encoding with
+respect to sample positions, and `FastHashEncoding` uses the torch path whenever the positions require a gradient.
+
+Tests run these kernels on the CPU with Triton's interpreter (TRITON_INTERPRET=1, which must be set before this
+module is imported).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+# Instant-NGP's primes as nerfstudio uses them, reduced to int32: a power-of-two table size keeps only the low bits
+# of the product, and those are the same for the 32-bit wrapped product.
+_P1 = 2654435761 - (1 << 32)
+_P2 = 805459861
+_BLOCK = 128
+
+
+@triton.jit
+def _corner_hashes(scaled, mask, prime):
+    """Hashed floor and ceil coordinates of one axis (int32), and the ceil corner's weight."""
+    lo = tl.floor(scaled)
+    hi = tl.ceil(scaled)
+    h_lo = (lo.to(tl.int32) * prime) & mask
+    h_hi = (hi.to(tl.int32) * prime) & mask
+    return h_lo, h_hi, scaled - lo
+
+
+@triton.jit
+def _gather(table_ptr, hashed, base, feats, valid, FEATURES: tl.constexpr):
+    """Rows `hashed + base` of the table, [BLOCK, FEATURES] float32."""
+    index = (hashed + base).to(tl.int64)
+    values = tl.load(table_ptr + index[:, None] * FEATURES + feats[None, :], mask=valid[:, None], other=0.0)
+    return values.to(tl.float32)
+
+
+@triton.jit
+def _scatter(grad_ptr, hashed, base, feats, valid, values, FEATURES: tl.constexpr):
+    """Add `values` [BLOCK, FEATURES] into rows `hashed + base` of the table gradient (atomically: corners of
+    different samples share rows)."""
+    index = (hashed + base).to(tl.int64)
+    tl.atomic_add(grad_ptr + index[:, None] * FEATURES + feats[None, :], values, mask=valid[:, None])
+
+
+@triton.jit
+def _hash_grid_fwd(
+    x_ptr,
+    table_ptr,
+    scale_ptr,
+    out_ptr,
+    n,
+    mask,
+    p1,
+    p2,
+    LEVELS: tl.constexpr,
+    FEATURES: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    level = tl.program_id(1)
+    rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    valid = rows < n
+    scale = tl.load(scale_ptr + level)
+    sx = tl.load(x_ptr + rows * 3 + 0, mask=valid, other=0.0) * scale
+    sy = tl.load(x_ptr + rows * 3 + 1, mask=valid, other=0.0) * scale
+    sz = tl.load(x_ptr + rows * 3 + 2, mask=valid, other=0.0) * scale
+    hx0, hx1, ox = _corner_hashes(sx, mask, 1)
+    hy0, hy1, oy = _corner_hashes(sy, mask, p1)
+    hz0, hz1, oz = _corner_hashes(sz, mask, p2)
+    base = level * (mask + 1)
+    feats = tl.arange(0, FEATURES)
+    acc = tl.zeros((BLOCK, FEATURES), dtype=tl.float32)
+    ux, uy, uz = 1 - ox, 1 - oy, 1 - oz  # floor corners weigh 1 - offset, ceil corners the offset
+    acc += _gather(table_ptr, hx0 ^ hy0 ^ hz0, base, feats, valid, FEATURES) * (ux * uy * uz)[:, None]
+    acc += _gather(table_ptr, hx0 ^ hy0 ^ hz1, base, feats, valid, FEATURES) * (ux * uy * oz)[:, None]
+    acc += _gather(table_ptr, hx0 ^ hy1 ^ hz0, base, feats, valid, FEATURES) * (ux * oy * uz)[:, None]
+    acc += _gather(table_ptr, hx0 ^ hy1 ^ hz1, base, feats, valid, FEATURES) * (ux * oy * oz)[:, None]
+    acc += _gather(table_ptr, hx1 ^ hy0 ^ hz0, base, feats, valid, FEATURES) * (ox * uy * uz)[:, None]
+    acc += _gather(table_ptr, hx1 ^ hy0 ^ hz1, base, feats, valid, FEATURES) * (ox * uy * oz)[:, None]
+    acc += _gather(table_ptr, hx1 ^ hy1 ^ hz0, base, feats, valid, FEATURES) * (ox * oy * uz)[:, None]
+    acc += _gather(table_ptr, hx1 ^ hy1 ^ hz1, base, feats, valid, FEATURES) * (ox * oy * oz)[:, None]
+    out = out_ptr + rows[:, None].to(tl.int64) * (LEVELS * FEATURES) + level * FEATURES + feats[None, :]
+    tl.store(out, acc, mask=valid[:, None])
+
+
+@triton.jit
+def _hash_grid_bwd(
+    x_ptr,
+    grad_out_ptr,
+    scale_ptr,
+    grad_table_ptr,
+    n,
+    mask,
+    p1,
+    p2,
+    LEVELS: tl.constexpr,
+    FEATURES: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    level = tl.program_id(1)
+    rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    valid = rows < n
+    scale = tl.load(scale_ptr + level)
+    sx = tl.load(x_ptr + rows * 3 + 0, mask=valid, other=0.0) * scale
+    sy = tl.load(x_ptr + rows * 3 + 1, mask=valid, other=0.0) * scale
+    sz = tl.load(x_ptr + rows * 3 + 2, mask=valid, other=0.0) * scale
+    hx0, hx1, ox = _corner_hashes(sx, mask, 1)
+    hy0, hy1, oy = _corner_hashes(sy, mask, p1)
+    hz0, hz1, oz = _corner_hashes(sz, mask, p2)
+    base = level * (mask + 1)
+    feats = tl.arange(0, FEATURES)
+    grad_ptr = grad_out_ptr + rows[:, None].to(tl.int64) * (LEVELS * FEATURES) + level * FEATURES + feats[None, :]
+    grad = tl.load(grad_ptr, mask=valid[:, None], other=0.0).to(tl.float32)
+    ux, uy, uz = 1 - ox, 1 - oy, 1 - oz
+    _scatter(grad_table_ptr, hx0 ^ hy0 ^ hz0, base, feats, valid, grad * (ux * uy * uz)[:, None], FEATURES)
+    _scatter(grad_table_ptr, hx0 ^ hy0 ^ hz1, base, feats, valid, grad * (ux * uy * oz)[:, None], FEATURES)
+    _scatter(grad_table_ptr, hx0 ^ hy1 ^ hz0, base, feats, valid, grad * (ux * oy * uz)[:, None], FEATURES)
+    _scatter(grad_table_ptr, hx0 ^ hy1 ^ hz1, base, feats, valid, grad * (ux * oy * oz)[:, None], FEATURES)
+    _scatter(grad_table_ptr, hx1 ^ hy0 ^ hz0, base, feats, valid, grad * (ox * uy * uz)[:, None], FEATURES)
+    _scatter(grad_table_ptr, hx1 ^ hy0 ^ hz1, base, feats, valid, grad * (ox * uy * oz)[:, None], FEATURES)
+    _scatter(grad_table_ptr, hx1 ^ hy1 ^ hz0, base, feats, valid, grad * (ox * oy * uz)[:, None], FEATURES)
+    _scatter(grad_table_ptr, hx1 ^ hy1 ^ hz1, base, feats, valid, grad * (ox * oy * oz)[:, None], FEATURES)
+
+
+class _HashGridFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, positions: Tensor, table: Tensor, scalings: Tensor, table_size: int) -> Tensor:
+        x = positions.reshape(-1, 3).contiguous().float()
+        levels = scalings.shape[0]
+        features = table.shape[1]
+        out = torch.empty((x.shape[0], levels * features), device=x.device, dtype=torch.float32)
+        grid = (triton.cdiv(x.shape[0], _BLOCK), levels)
+        if x.shape[0] > 0:
+            _hash_grid_fwd[grid](
+                x, table.contiguous(), scalings, out, x.shape[0], table_size - 1, _P1, _P2, levels, features, _BLOCK
+            )
+        ctx.save_for_backward(x, scalings)
+        ctx.table_shape = table.shape
+        ctx.table_dtype = table.dtype
+        ctx.table_size = table_size
+        return out.reshape(*positions.shape[:-1], levels * features)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        x, scalings = ctx.saved_tensors
+        levels = scalings.shape[0]
+        features = ctx.table_shape[1]
+        grad_table = torch.zeros(ctx.table_shape, device=x.device, dtype=torch.float32)
+        grad = grad_out.reshape(-1, levels * features).contiguous()
+        if x.shape[0] > 0:
+            grid = (triton.cdiv(x.shape[0], _BLOCK), levels)
+            _hash_grid_bwd[grid](
+                x, grad, scalings, grad_table, x.shape[0], ctx.table_size - 1, _P1, _P2, levels, features, _BLOCK
+            )
+        return None, grad_table.to(ctx.table_dtype), None, None
+
+
+def hash_grid_encode(positions: Tensor, table: Tensor, scalings: Tensor, table_size: int) -> Tensor:
+    """Encode positions [..., 3] in [0, 1] with per-level hash tables `table` [levels * table_size, F] at
+    resolutions `scalings` [levels] (float32, on the positions' device). Returns [..., levels * F]; differentiable
+    with respect to `table` only."""
+    if table_size & (table_size - 1):
+        raise ValueError(f"hash table size {table_size} is not a power of two")
+    return _HashGridFunction.apply(positions, table, scalings, table_size)
