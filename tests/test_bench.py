@@ -52,10 +52,21 @@ def test_tiny_mode_reports_every_section(tmp_path, capsys):
     assert edit["unet_acceleration"]["cuda_graph"] is False  # the default asks for it; the CPU ignores it
     assert edit["options"] == {} and edit["edit_masks"] is True
     assert edit["extrapolated_default_s"] > 0
+    assert edit["step_graph"] is None  # a CUDA feature: the CPU runs nerfstudio's eager step
     variants = result["edit_variants"]
-    assert set(variants) == {"eager", "cuda_graph", "cuda_graph+channels_last"}
-    assert variants["eager"]["options"] == {"unet_cuda_graph": False}
+    assert set(variants) == {
+        "no_triton_hash_grid",
+        "no_step_graph",
+        "no_step_graph_no_triton",
+        "no_step_graph_no_triton_eager_unet",
+    }
+    assert variants["no_step_graph"]["options"] == {"step_cuda_graph": False}
     assert all(v["step_ms"]["n"] >= 1 for v in variants.values())
+    after = result["train_after_anneal"]
+    assert after["options"] == {"proposal_weights_anneal_max_num_iters": 1} and after["step_ms"]["n"] >= 2
+    estimate = result["train_default_estimate"]
+    assert estimate["anneal_steps"] == 1000 and estimate["extrapolated_default_s"] > train["loop_s"]
+    assert "hash_grid" not in result  # CUDA only
     assert set(result["targets"]) == {"edit_step_ms", "edit_peak_memory_gb", "edit_default_s", "train_default_s"}
 
 
