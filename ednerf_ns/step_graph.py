@@ -30,6 +30,7 @@ semantics of a CUDA graph - and it refuses the operators that would synchronise 
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
 import threading
 import traceback
@@ -41,6 +42,8 @@ import torch
 import torch.utils._pytree as pytree
 from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
+
+from ednerf_ns.errors import UserError
 
 StepFn = Callable[[dict[str, Tensor]], Any]
 # capture(fn, pool, stream) -> (replay, outputs, executed, pool): record fn() (which reads static buffers and runs
@@ -124,6 +127,8 @@ class StepGraphRunner:
         if graphable and key in self._warmed:
             try:
                 return self._capture_and_run(key, inputs, fn, params)
+            except UserError:
+                raise
             except Exception as exc:  # torch, the driver or an operator: all mean "this step cannot be a graph"
                 self._give_up(exc, params)
         if graphable:
@@ -163,7 +168,9 @@ class StepGraphRunner:
             p.grad = g
 
     def _give_up(self, exc: BaseException, params: list[Tensor]) -> None:
-        self.stats.capture_failure = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}"
+        self.stats.capture_failure = f"{type(exc).__name__}: {_first_line(exc)}"
+        if exc.__context__ is not None:  # the error that broke the capture, when capture_end reports another
+            self.stats.capture_failure += f" (after {type(exc.__context__).__name__}: {_first_line(exc.__context__)})"
         self._entries.clear()
         self._pool = None
         for p in params:
@@ -188,22 +195,51 @@ class StepGraphRunner:
         current.wait_stream(stream)
 
     def _cuda_stream(self) -> Any:
-        if self._capture is not cuda_capture or not torch.cuda.is_available():
+        capture = self._capture.func if isinstance(self._capture, functools.partial) else self._capture
+        if capture is not cuda_capture or not torch.cuda.is_available():
             return None
         if self._stream is None:
             self._stream = torch.cuda.Stream()
         return self._stream
 
 
-def cuda_capture(fn: Callable[[], Any], pool: Any, stream: Any) -> tuple[Callable[[], None], Any, bool, Any]:
+def cuda_capture(
+    fn: Callable[[], Any], pool: Any, stream: Any, mode: str = "thread_local"
+) -> tuple[Callable[[], None], Any, bool, Any]:
     """Capture fn() in a CUDA graph on `stream` (where the warm-up ran), sharing `pool`. Capturing executes
-    nothing: the caller replays once for the step itself."""
+    nothing: the caller replays once for the step itself.
+
+    `thread_local` capture mode: only this thread's CUDA calls are checked. The backward pass runs on autograd's
+    worker thread and nerfstudio's viewer renders from its own thread (between steps, under the trainer's lock).
+    """
     graph = torch.cuda.CUDAGraph()
     stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.graph(graph, pool=pool, stream=stream):
-        outputs = fn()
+    try:
+        with torch.cuda.graph(graph, pool=pool, stream=stream, capture_error_mode=mode):
+            outputs = fn()
+    except Exception:
+        try:
+            recover_cuda_rng(stream)
+        except Exception as exc:
+            raise UserError(
+                f"a failed CUDA graph capture left CUDA's random number generator unusable ({_first_line(exc)}); "
+                f"rerun with --pipeline.model.step-cuda-graph False"
+            ) from None
+        raise
     torch.cuda.current_stream().wait_stream(stream)
     return graph.replay, outputs, False, graph.pool()
+
+
+def recover_cuda_rng(stream: Any) -> None:
+    """After a failed capture, torch leaves the CUDA generator marked as capturing, and every later random op
+    fails ('Offset increment outside graph capture'); a successful capture clears that mark."""
+    torch.cuda.synchronize()
+    flag = torch.zeros(1, device=torch.cuda.current_device())
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, stream=stream):
+        flag.add_(1)
+    del graph
+    torch.rand(1, device=flag.device)  # raises if the generator is still unusable
 
 
 # ---------------------------------------------------------------------------------------------------- CPU stand-in
@@ -293,6 +329,11 @@ def _as_list(value: Any) -> list:
 def tree_tensors(value: Any) -> list[Tensor]:
     """The tensors inside nested dicts/lists/tuples (for tests and the benchmark)."""
     return [x for x in pytree.tree_leaves(value) if isinstance(x, Tensor)]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else ""
 
 
 def _warn(message: str) -> None:
