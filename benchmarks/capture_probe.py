@@ -27,8 +27,34 @@ VARIANTS = {
 }
 
 
+def recovery() -> dict:
+    """A step that reads a value on the host cannot be captured: the runner must fall back to eager steps, and
+    random numbers must still work afterwards (torch leaves its generator broken after a failed capture)."""
+    import torch
+
+    from ednerf_ns.step_graph import StepGraphRunner
+
+    weight = torch.nn.Parameter(torch.ones(3, device="cuda"))
+    runner = StepGraphRunner()
+    values = []
+    with runner.stream_scope():
+        for i in range(4):
+
+            def fn(inputs):
+                loss = (inputs["x"] * weight + torch.rand(3, device="cuda")).sum()
+                loss.backward()
+                return float(loss)  # a host read: cannot be captured
+
+            values.append(runner.run("key", {"x": torch.full((3,), float(i), device="cuda")}, fn, [weight]))
+    torch.rand(1, device="cuda")
+    return {"variant": "recovery", "values": values, "stats": runner.stats.__dict__}
+
+
 def probe(name: str) -> dict:
     import torch
+
+    if name == "recovery":
+        return recovery()
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from conftest import make_scene, train_config
@@ -63,6 +89,8 @@ def probe(name: str) -> dict:
         losses["graph" if graph else "eager"] = values
         if graph:
             out["stats"] = trainer.step_graph.stats.__dict__
+            if trainer.step_graph.stats.capture_traceback:
+                print(trainer.step_graph.stats.capture_traceback, file=sys.stderr)
     try:
         torch.rand(1, device="cuda")
         out["rng_ok_after"] = True
@@ -76,7 +104,7 @@ def main() -> None:
     if len(sys.argv) > 1:
         print("PROBE " + json.dumps(probe(sys.argv[1]), default=str), flush=True)
         return
-    for name in VARIANTS:
+    for name in [*VARIANTS, "recovery"]:
         run = subprocess.run([sys.executable, __file__, name], capture_output=True, text=True, timeout=300)
         lines = [line for line in run.stdout.splitlines() if line.startswith("PROBE ")]
         result = json.loads(lines[-1][6:]) if lines else {"variant": name, "crashed": run.stderr[-2000:]}

@@ -89,6 +89,8 @@ class StepGraphStats:
     """Steps run eagerly (warm-ups of new keys, steps without a key, too many keys, after a failure)."""
     capture_failure: str | None = None
     """Why capturing was given up, if it was."""
+    capture_traceback: str | None = None
+    """Where the error that broke the capture was raised (for diagnosis)."""
     keys: list[str] = field(default_factory=list)
     """The keys that have a graph."""
 
@@ -169,8 +171,11 @@ class StepGraphRunner:
 
     def _give_up(self, exc: BaseException, params: list[Tensor]) -> None:
         self.stats.capture_failure = f"{type(exc).__name__}: {_first_line(exc)}"
+        first = exc
         if exc.__context__ is not None:  # the error that broke the capture, when capture_end reports another
-            self.stats.capture_failure += f" (after {type(exc.__context__).__name__}: {_first_line(exc.__context__)})"
+            first = exc.__context__
+            self.stats.capture_failure += f" (after {type(first).__name__}: {_first_line(first)})"
+        self.stats.capture_traceback = "".join(traceback.format_exception(first))[-4000:]
         self._entries.clear()
         self._pool = None
         for p in params:
@@ -181,18 +186,29 @@ class StepGraphRunner:
         )
 
     @contextlib.contextmanager
-    def _side_stream(self) -> Iterator[None]:
-        """Eager steps on the CUDA capture stream: cuBLAS/cuDNN create per-stream handles and workspaces lazily,
-        which must have happened before a capture on that stream. A no-op off CUDA."""
+    def stream_scope(self) -> Iterator[None]:
+        """Run everything a training step does (eager steps, replays, the optimizer) on the capture stream.
+
+        Two reasons. cuBLAS/cuDNN create per-stream handles and workspaces lazily, which must have happened before
+        a capture on that stream. And autograd remembers, per parameter, the stream its gradient was first
+        accumulated on: a parameter first trained on the default (legacy) stream makes a later capture of the
+        backward pass fail ('operation would make the legacy stream depend on a capturing blocking stream').
+        The caller's stream waits for the step at the end, so whatever runs between steps sees its results.
+        A no-op off CUDA.
+        """
         stream = self._cuda_stream()
-        if stream is None:
+        if stream is None or torch.cuda.current_stream() == stream:
             yield
             return
         current = torch.cuda.current_stream()
         stream.wait_stream(current)
-        with torch.cuda.stream(stream):
-            yield
-        current.wait_stream(stream)
+        try:
+            with torch.cuda.stream(stream):
+                yield
+        finally:
+            current.wait_stream(stream)
+
+    _side_stream = stream_scope
 
     def _cuda_stream(self) -> Any:
         capture = self._capture.func if isinstance(self._capture, functools.partial) else self._capture

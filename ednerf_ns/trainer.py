@@ -70,6 +70,10 @@ class EdNerfTrainer(Trainer):
         runner = self.step_graph
         if runner is None:
             return super().train_iteration(step)
+        with runner.stream_scope():
+            return self._graph_train_iteration(runner, step)
+
+    def _graph_train_iteration(self, runner: StepGraphRunner, step: int):
         # nerfstudio's train_iteration for this trainer's settings (no scaler, no accumulation), with the forward
         # and backward pass run by the step graph.
         groups = list(self.optimizers.parameters.keys())

@@ -48,6 +48,7 @@ import torch.utils._pytree as pytree
 from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from ednerf_ns.step_graph import is_capturing
 from ednerf_ns.unet_graph import UNetAcceleration, UNetRunner
 
 # Stable Diffusion 1.5's architecture (see DESIGN.md "Stable Diffusion 1.5 architecture"); random weights.
@@ -191,6 +192,8 @@ class StepRecorder:
     def _wrap(self, name: str, fn: Callable, begins_step: bool) -> Callable:
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
+            if is_capturing():  # an event recorded during a CUDA graph capture cannot be timed
+                return fn(*args, **kwargs)
             if begins_step:
                 step = int(args[0]) if args else int(kwargs.get("step", -1))
                 self._sync_debug(step)
