@@ -1,7 +1,6 @@
 """Which settings let a whole ed-nerf training step be captured in a CUDA graph (diagnostics for step_graph).
 
-    python benchmarks/capture_probe.py            # every variant, each in its own process; one JSON line each
-    python benchmarks/capture_probe.py VARIANT    # one variant in this process
+    python benchmarks/capture_probe.py [VARIANT ...]   # each variant (default: all) in its own process
 
 A failed capture can leave the process's CUDA state damaged, so every variant runs in a fresh interpreter. Each
 trains `ed-nerf` with the embedded tiny model on a small procedural scene for a few steps with the step graph on,
@@ -101,11 +100,12 @@ def probe(name: str) -> dict:
 
 
 def main() -> None:
-    if len(sys.argv) > 1:
-        print("PROBE " + json.dumps(probe(sys.argv[1]), default=str), flush=True)
+    if sys.argv[1:2] == ["--one"]:
+        print("PROBE " + json.dumps(probe(sys.argv[2]), default=str), flush=True)
         return
-    for name in [*VARIANTS, "recovery"]:
-        run = subprocess.run([sys.executable, __file__, name], capture_output=True, text=True, timeout=300)
+    for name in sys.argv[1:] or [*VARIANTS, "recovery"]:
+        run = subprocess.run([sys.executable, __file__, "--one", name], capture_output=True, text=True, timeout=300)
+        sys.stderr.write(run.stderr[-6000:])
         lines = [line for line in run.stdout.splitlines() if line.startswith("PROBE ")]
         result = json.loads(lines[-1][6:]) if lines else {"variant": name, "crashed": run.stderr[-2000:]}
         print(json.dumps(result, default=str), flush=True)
