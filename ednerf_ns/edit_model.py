@@ -79,6 +79,8 @@ class EdNerfEditModelConfig(EdNerfModelConfig):
     train_refinement: bool = False
     """Also update the refinement layer while editing. Off by default: a per-view 2D layer could paint the edit
     into single views instead of the 3D field, which would break multi-view consistency."""
+    refinement_half_precision: bool = False
+    """On CUDA, run the (frozen) refinement layer in float16 during edit steps."""
     unet_cuda_graph: bool = True
     """Replay the UNet call of each step from a CUDA graph (captured at the first step, one per view size):
     removes the kernel-launch overhead that is about half of an eager SD 1.5 call. Falls back to eager calls
@@ -124,6 +126,12 @@ class EdNerfEditModel(EdNerfModel):
             groups["fields"] = local
         return groups
 
+    def refine(self, raw: Tensor) -> Tensor:
+        if self.training and self.config.refinement_half_precision and raw.is_cuda:
+            with torch.autocast("cuda", dtype=torch.float16, cache_enabled=False):
+                return super().refine(raw).float()
+        return super().refine(raw)
+
     # ------------------------------------------------------------------ prompts
     def validate_prompts(self) -> None:
         """Refuse what cannot work; warn about what cannot do much."""
@@ -168,6 +176,7 @@ class EdNerfEditModel(EdNerfModel):
             cfg.source_latent,
             cfg.interlevel_loss_mult,
             cfg.distortion_loss_mult,
+            cfg.refinement_half_precision,
         )
         return super().step_graph_options() + options
 

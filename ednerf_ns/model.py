@@ -19,6 +19,7 @@ from nerfstudio.cameras.camera_optimizers import CameraOptimizerConfig
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.data.scene_box import OrientedBox
+from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocation
 from nerfstudio.field_components.field_heads import FieldHeadNames
 from nerfstudio.field_components.spatial_distortions import SceneContraction
 from nerfstudio.fields.density_fields import HashMLPDensityField
@@ -89,6 +90,10 @@ class EdNerfModelConfig(NerfactoModelConfig):
     log2_hashmap_size: int = 17
     """Hash table size per level (log2). A quarter of nerfacto's: the coarser target needs fewer entries, and each
     Adam step touches every entry (a large share of a CPU step)."""
+    proposal_update_schedule: bool = True
+    """Update the proposal networks on nerfacto's schedule (every other step at first, every `proposal_update_every`
+    steps after `proposal_warmup`). nerfstudio 1.1.5 only counts steps for it when the proposal-weight anneal is
+    on, so edits (which start annealed) would otherwise update them at every step."""
     step_cuda_graph: bool = True
     """On CUDA, replay each training step (render, refinement, losses - and for edits the UNet - and the backward
     pass) from a CUDA graph, captured at a view size's second step: removes the Python and kernel-launch overhead
@@ -146,7 +151,6 @@ class EdNerfModel(NerfactoModel):
         self.collider = NearFarCollider(near_plane=self.config.near_plane, far_plane=self.config.far_plane)
         self.renderer_accumulation = AccumulationRenderer()
         self.renderer_depth = DepthRenderer(method="median")
-        self.renderer_expected_depth = DepthRenderer(method="expected")
         self.refinement = (
             RefinementLayer(
                 self.latent_channels,
@@ -203,6 +207,17 @@ class EdNerfModel(NerfactoModel):
                 single_jitter=cfg.use_single_jitter,
             ),
         )
+
+    def get_training_callbacks(self, training_callback_attributes) -> list:
+        callbacks = super().get_training_callbacks(training_callback_attributes)
+        step_cb = self.proposal_sampler.step_cb
+        registered = any(getattr(cb, "func", None) == step_cb for cb in callbacks)
+        if self.config.proposal_update_schedule and not registered:
+            # nerfstudio 1.1.5 registers the proposal sampler's step counter only together with the weight anneal;
+            # without it the proposal networks would update at every step, forever.
+            where = [TrainingCallbackLocation.AFTER_TRAIN_ITERATION]
+            callbacks.append(TrainingCallback(where_to_run=where, update_every_num_iters=1, func=step_cb))
+        return callbacks
 
     @property
     def diffusion(self) -> LatentDiffusion:
@@ -270,8 +285,13 @@ class EdNerfModel(NerfactoModel):
         raw = outputs.pop("latent_features").permute(2, 0, 1)[None]  # [1, C, h, w]
         outputs["latent_raw"] = raw
         use_refinement = self.refinement is not None and (self.training or self.view_refined)
-        outputs["latent"] = self.refinement(raw) if use_refinement else raw
+        outputs["latent"] = self.refine(raw) if use_refinement else raw
         return outputs
+
+    def refine(self, raw: Tensor) -> Tensor:
+        """The refinement layer on a rendered latent image [1, C, h, w]."""
+        assert self.refinement is not None
+        return self.refinement(raw)
 
     # ------------------------------------------------------------------ training steps as CUDA graphs
     def step_graph_inputs(self, camera: Cameras, batch: dict) -> tuple[Hashable | None, dict[str, Tensor]]:
@@ -325,15 +345,12 @@ class EdNerfModel(NerfactoModel):
         accumulation = self.renderer_accumulation(weights=weights)
         if self.config.background_color == "last_sample":
             latent = latent + (1.0 - accumulation) * features[..., -1, :]
-        out = {
-            "latent_features": latent,
-            "accumulation": accumulation,
-            "depth": self.renderer_depth(weights=weights, ray_samples=samples).detach(),
-        }
-        if self.training:
-            out["expected_depth"] = self.renderer_expected_depth(weights=weights, ray_samples=samples)
+        out = {"latent_features": latent, "accumulation": accumulation}
+        if self.training:  # no loss reads depth
             out["weights_list"] = weights_list
             out["ray_samples_list"] = samples_list
+        else:
+            out["depth"] = self.renderer_depth(weights=weights, ray_samples=samples)
         return out
 
     @torch.no_grad()
@@ -362,7 +379,9 @@ class EdNerfModel(NerfactoModel):
             "latent_psnr": latent_psnr(outputs["latent"].detach(), target),
             "latent_psnr_raw": latent_psnr(outputs["latent_raw"].detach(), target),
         }
-        if self.training:
+        if self.training and self.config.distortion_loss_mult > 0:
+            # O(samples^2) per ray, forward and backward: skipped when its weight is 0 (edits), where multiplying
+            # by 0 would still run its backward pass
             metrics["distortion"] = distortion_loss(outputs["weights_list"], outputs["ray_samples_list"])
         self.camera_optimizer.get_metrics_dict(metrics)
         return metrics
@@ -382,8 +401,9 @@ class EdNerfModel(NerfactoModel):
         loss["interlevel_loss"] = self.config.interlevel_loss_mult * interlevel_loss(
             outputs["weights_list"], outputs["ray_samples_list"]
         )
-        assert metrics_dict is not None and "distortion" in metrics_dict
-        loss["distortion_loss"] = self.config.distortion_loss_mult * metrics_dict["distortion"]
+        if self.config.distortion_loss_mult > 0:
+            assert metrics_dict is not None and "distortion" in metrics_dict
+            loss["distortion_loss"] = self.config.distortion_loss_mult * metrics_dict["distortion"]
         self.camera_optimizer.get_loss_dict(loss)
 
     def get_image_metrics_and_images(

@@ -174,7 +174,8 @@ def test_edit_steps_through_the_graph_equal_eager_steps(trained_run, scene, cach
     eager = run_steps(config("eager"), graph=False, steps=steps, changes=changes)
     graph = run_steps(config("graph"), graph=True, steps=steps, changes=changes)
     stats = graph[0].step_graph.stats
-    assert stats.captures == 1 and stats.replays == steps - 2, stats
+    # steps 0-9 update the proposal networks, later ones every other step: two graphs, each warmed up once
+    assert (stats.captures, stats.eager_steps, stats.replays) == (2, 2, steps - 4), stats
     assert_same_run(eager, graph)
     skipped = [int(run[0].pipeline.model._skipped_steps) for run in (eager, graph)]
     assert skipped == [steps - 12, steps - 12]
