@@ -24,6 +24,7 @@ EDIT_VARIANTS: dict[str, dict] = {
     "proposals_every_step": {"proposal_update_schedule": False},
     "distortion_computed": {"distortion_loss_mult": 1e-9},
     "refinement_fp16": {"refinement_half_precision": True},
+    "no_tf32": {"tf32_matmul": False},
     "no_step_graph": {"step_cuda_graph": False},
 }
 
@@ -99,6 +100,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, default=Path("profile-out"))
     parser.add_argument("--budget-s", type=float, default=300)
+    parser.add_argument("--variants", default=",".join(EDIT_VARIANTS), help="comma-separated, or 'none'")
     args = parser.parse_args()
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -129,8 +131,9 @@ def main() -> None:
         summary.setdefault("edit", {})[name] = short(result)
         print(json.dumps({"edit": {name: summary["edit"][name]}}), flush=True)
 
+    wanted = [] if args.variants == "none" else args.variants.split(",")
     for name, options in EDIT_VARIANTS.items():
-        if bench.affordable(f"edit_{name}", 20):
+        if name in wanted and bench.affordable(f"edit_{name}", 20):
             bench.section(f"edit_{name}", lambda n=name, o=options: run_variant(n, o))
     for label, options in (("graph", {}), ("eager", {"step_cuda_graph": False})):
         if bench.affordable(f"profile_{label}", 30):

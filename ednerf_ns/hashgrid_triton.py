@@ -27,6 +27,7 @@ from torch import Tensor
 _P1 = 2654435761 - (1 << 32)
 _P2 = 805459861
 _BLOCK = 128
+_RUN = 8  # consecutive rows (samples along a ray) per lane in the backward pass
 
 
 @triton.jit
@@ -96,6 +97,52 @@ def _hash_grid_fwd(
 
 
 @triton.jit
+def _cell(x_ptr, rows, valid, scale, base, mask, p1, p2):
+    """Table rows of the 8 corners of each row's cell (int32) and their trilinear weights."""
+    sx = tl.load(x_ptr + rows * 3 + 0, mask=valid, other=0.0) * scale
+    sy = tl.load(x_ptr + rows * 3 + 1, mask=valid, other=0.0) * scale
+    sz = tl.load(x_ptr + rows * 3 + 2, mask=valid, other=0.0) * scale
+    hx0, hx1, ox = _corner_hashes(sx, mask, 1)
+    hy0, hy1, oy = _corner_hashes(sy, mask, p1)
+    hz0, hz1, oz = _corner_hashes(sz, mask, p2)
+    ux, uy, uz = 1 - ox, 1 - oy, 1 - oz
+    return (
+        (hx0 ^ hy0 ^ hz0) + base,
+        (hx0 ^ hy0 ^ hz1) + base,
+        (hx0 ^ hy1 ^ hz0) + base,
+        (hx0 ^ hy1 ^ hz1) + base,
+        (hx1 ^ hy0 ^ hz0) + base,
+        (hx1 ^ hy0 ^ hz1) + base,
+        (hx1 ^ hy1 ^ hz0) + base,
+        (hx1 ^ hy1 ^ hz1) + base,
+        ux * uy * uz,
+        ux * uy * oz,
+        ux * oy * uz,
+        ux * oy * oz,
+        ox * uy * uz,
+        ox * uy * oz,
+        ox * oy * uz,
+        ox * oy * oz,
+    )
+
+
+@triton.jit
+def _flush(grad_ptr, index, values, feats, active, FEATURES: tl.constexpr):
+    """Add `values` [BLOCK, FEATURES] into table-gradient rows `index` where `active` (atomically)."""
+    target = grad_ptr + index.to(tl.int64)[:, None] * FEATURES + feats[None, :]
+    tl.atomic_add(target, values, mask=active[:, None])
+
+
+@triton.jit
+def _merge(grad_ptr, prev, acc, index, contribution, feats, FEATURES: tl.constexpr):
+    """Run-length merging along a lane's consecutive rows: while a corner stays on the same table row, add up
+    locally; write the sum out (one atomic add) only when the row changes."""
+    same = index == prev
+    _flush(grad_ptr, prev, acc, feats, ~same, FEATURES)
+    return index, tl.where(same[:, None], acc + contribution, contribution)
+
+
+@triton.jit
 def _hash_grid_bwd(
     x_ptr,
     grad_out_ptr,
@@ -108,30 +155,59 @@ def _hash_grid_bwd(
     LEVELS: tl.constexpr,
     FEATURES: tl.constexpr,
     BLOCK: tl.constexpr,
+    RUN: tl.constexpr,
 ):
+    # Each lane takes RUN consecutive rows. Rows are consecutive samples along a ray, which at the coarser levels
+    # mostly share their cell: merging them locally turns most of the atomic adds (the cost of this kernel, since
+    # atomics to one address serialise) into register adds.
     level = tl.program_id(1)
-    rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    valid = rows < n
+    first = (tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)) * RUN
     scale = tl.load(scale_ptr + level)
-    sx = tl.load(x_ptr + rows * 3 + 0, mask=valid, other=0.0) * scale
-    sy = tl.load(x_ptr + rows * 3 + 1, mask=valid, other=0.0) * scale
-    sz = tl.load(x_ptr + rows * 3 + 2, mask=valid, other=0.0) * scale
-    hx0, hx1, ox = _corner_hashes(sx, mask, 1)
-    hy0, hy1, oy = _corner_hashes(sy, mask, p1)
-    hz0, hz1, oz = _corner_hashes(sz, mask, p2)
     base = level * (mask + 1)
     feats = tl.arange(0, FEATURES)
-    grad_ptr = grad_out_ptr + rows[:, None].to(tl.int64) * (LEVELS * FEATURES) + level * FEATURES + feats[None, :]
-    grad = tl.load(grad_ptr, mask=valid[:, None], other=0.0).to(tl.float32)
-    ux, uy, uz = 1 - ox, 1 - oy, 1 - oz
-    _scatter(grad_table_ptr, hx0 ^ hy0 ^ hz0, base, feats, valid, grad * (ux * uy * uz)[:, None], FEATURES)
-    _scatter(grad_table_ptr, hx0 ^ hy0 ^ hz1, base, feats, valid, grad * (ux * uy * oz)[:, None], FEATURES)
-    _scatter(grad_table_ptr, hx0 ^ hy1 ^ hz0, base, feats, valid, grad * (ux * oy * uz)[:, None], FEATURES)
-    _scatter(grad_table_ptr, hx0 ^ hy1 ^ hz1, base, feats, valid, grad * (ux * oy * oz)[:, None], FEATURES)
-    _scatter(grad_table_ptr, hx1 ^ hy0 ^ hz0, base, feats, valid, grad * (ox * uy * uz)[:, None], FEATURES)
-    _scatter(grad_table_ptr, hx1 ^ hy0 ^ hz1, base, feats, valid, grad * (ox * uy * oz)[:, None], FEATURES)
-    _scatter(grad_table_ptr, hx1 ^ hy1 ^ hz0, base, feats, valid, grad * (ox * oy * uz)[:, None], FEATURES)
-    _scatter(grad_table_ptr, hx1 ^ hy1 ^ hz1, base, feats, valid, grad * (ox * oy * oz)[:, None], FEATURES)
+    row_stride = LEVELS * FEATURES
+    offset = level * FEATURES + feats[None, :]
+
+    rows = first
+    valid = rows < n  # rows past the end load zeros: they add 0 to some row, which changes nothing
+    g = tl.load(grad_out_ptr + rows[:, None].to(tl.int64) * row_stride + offset, mask=valid[:, None], other=0.0)
+    g = g.to(tl.float32)
+    i0, i1, i2, i3, i4, i5, i6, i7, w0, w1, w2, w3, w4, w5, w6, w7 = _cell(
+        x_ptr, rows, valid, scale, base, mask, p1, p2
+    )
+    p0, a0 = i0, g * w0[:, None]
+    p1_, a1 = i1, g * w1[:, None]
+    p2_, a2 = i2, g * w2[:, None]
+    p3, a3 = i3, g * w3[:, None]
+    p4, a4 = i4, g * w4[:, None]
+    p5, a5 = i5, g * w5[:, None]
+    p6, a6 = i6, g * w6[:, None]
+    p7, a7 = i7, g * w7[:, None]
+    for r in tl.static_range(1, RUN):
+        rows = first + r
+        valid = rows < n
+        g = tl.load(grad_out_ptr + rows[:, None].to(tl.int64) * row_stride + offset, mask=valid[:, None], other=0.0)
+        g = g.to(tl.float32)
+        i0, i1, i2, i3, i4, i5, i6, i7, w0, w1, w2, w3, w4, w5, w6, w7 = _cell(
+            x_ptr, rows, valid, scale, base, mask, p1, p2
+        )
+        p0, a0 = _merge(grad_table_ptr, p0, a0, i0, g * w0[:, None], feats, FEATURES)
+        p1_, a1 = _merge(grad_table_ptr, p1_, a1, i1, g * w1[:, None], feats, FEATURES)
+        p2_, a2 = _merge(grad_table_ptr, p2_, a2, i2, g * w2[:, None], feats, FEATURES)
+        p3, a3 = _merge(grad_table_ptr, p3, a3, i3, g * w3[:, None], feats, FEATURES)
+        p4, a4 = _merge(grad_table_ptr, p4, a4, i4, g * w4[:, None], feats, FEATURES)
+        p5, a5 = _merge(grad_table_ptr, p5, a5, i5, g * w5[:, None], feats, FEATURES)
+        p6, a6 = _merge(grad_table_ptr, p6, a6, i6, g * w6[:, None], feats, FEATURES)
+        p7, a7 = _merge(grad_table_ptr, p7, a7, i7, g * w7[:, None], feats, FEATURES)
+    active = first < n
+    _flush(grad_table_ptr, p0, a0, feats, active, FEATURES)
+    _flush(grad_table_ptr, p1_, a1, feats, active, FEATURES)
+    _flush(grad_table_ptr, p2_, a2, feats, active, FEATURES)
+    _flush(grad_table_ptr, p3, a3, feats, active, FEATURES)
+    _flush(grad_table_ptr, p4, a4, feats, active, FEATURES)
+    _flush(grad_table_ptr, p5, a5, feats, active, FEATURES)
+    _flush(grad_table_ptr, p6, a6, feats, active, FEATURES)
+    _flush(grad_table_ptr, p7, a7, feats, active, FEATURES)
 
 
 class _HashGridFunction(torch.autograd.Function):
@@ -160,9 +236,9 @@ class _HashGridFunction(torch.autograd.Function):
         grad_table = torch.zeros(ctx.table_shape, device=x.device, dtype=torch.float32)
         grad = grad_out.reshape(-1, levels * features).contiguous()
         if x.shape[0] > 0:
-            grid = (triton.cdiv(x.shape[0], _BLOCK), levels)
+            grid = (triton.cdiv(x.shape[0], _BLOCK * _RUN), levels)
             _hash_grid_bwd[grid](
-                x, grad, scalings, grad_table, x.shape[0], ctx.table_size - 1, _P1, _P2, levels, features, _BLOCK
+                x, grad, scalings, grad_table, x.shape[0], ctx.table_size - 1, _P1, _P2, levels, features, _BLOCK, _RUN
             )
         return None, grad_table.to(ctx.table_dtype), None, None
 

@@ -90,6 +90,9 @@ class EdNerfModelConfig(NerfactoModelConfig):
     log2_hashmap_size: int = 17
     """Hash table size per level (log2). A quarter of nerfacto's: the coarser target needs fewer entries, and each
     Adam step touches every entry (a large share of a CPU step)."""
+    tf32_matmul: bool = True
+    """On CUDA, let float32 matrix products (the field's and proposal networks' MLPs) use TF32 tensor cores, as
+    cuDNN's convolutions already do by default (sets torch.backends.cuda.matmul.allow_tf32 for the process)."""
     proposal_update_schedule: bool = True
     """Update the proposal networks on nerfacto's schedule (every other step at first, every `proposal_update_every`
     steps after `proposal_warmup`). nerfstudio 1.1.5 only counts steps for it when the proposal-weight anneal is
@@ -121,6 +124,8 @@ class EdNerfModel(NerfactoModel):
                     "or pass --pipeline.model.implementation torch (a torch run cannot load tcnn weights)"
                 )
         self.config.implementation = implementation  # recorded in config.yml by the trainer
+        if torch.device(device).type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = self.config.tf32_matmul
         self._diffusion = get_diffusion(self.config.diffusion_model, device, self.config.diffusion_dtype)
         self.latent_channels = int(self._diffusion.vae.config.latent_channels)
 

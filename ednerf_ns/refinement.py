@@ -48,9 +48,12 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         b, c, h, w = x.shape
-        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, self.num_heads, c // self.num_heads, h * w).unbind(1)
-        # [b, heads, tokens, dim] layout for scaled_dot_product_attention
-        out = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
+        qkv = self.qkv(self.norm(x)).reshape(b, 3, self.num_heads, c // self.num_heads, h * w)
+        # [b, heads, tokens, dim], contiguous: SDPA's fused kernels need unit stride along `dim`; with strided
+        # inputs it falls back to the math path, which materialises the tokens x tokens matrix (4096^2 per head
+        # for a 512 px view) in forward and backward.
+        q, k, v = qkv.permute(1, 0, 2, 4, 3).contiguous().unbind(0)
+        out = F.scaled_dot_product_attention(q, k, v)
         return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
 
 

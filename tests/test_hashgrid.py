@@ -53,6 +53,10 @@ for levels, size_log2, max_res in ((6, 12, 128), (16, 19, 2048)):
     x = torch.rand(700, 3)
     x[:10] = torch.tensor([0.5, 0.25, 0.0])  # on grid vertices: ceil == floor
     x[10:20] = 0.0  # outside the scene box, samples read the origin
+    # samples along rays: consecutive rows close together, most of them in one cell at coarse levels (the
+    # backward merges those); 700 rows is not a multiple of the rows per program
+    origins, directions = torch.rand(7, 1, 3) * 0.5, torch.randn(7, 1, 3) * 0.02
+    x[350:] = (origins + directions * torch.linspace(0, 1, 50)[None, :, None]).reshape(-1, 3)
     scalings = enc.scalings.float()
     out = hash_grid_encode(x.view(7, 100, 3), enc.hash_table, scalings, enc.hash_table_size)
     ref = enc(x).view(7, 100, -1)

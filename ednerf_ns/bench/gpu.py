@@ -707,7 +707,12 @@ class Bench:
             enc = HashEncoding(**args, log2_hashmap_size=17, features_per_level=2, implementation="torch")
             accelerate_hash_grids(enc, triton=False)
             enc = enc.to(self.device)
-            x = torch.rand(rays * per_ray, 3, device=self.device)
+            # samples along rays, as the sampler makes them (consecutive rows close together): the backward's
+            # cost depends on how often neighbouring samples share cells
+            origins = 0.2 + 0.6 * torch.rand(rays, 1, 3, device=self.device)
+            directions = torch.nn.functional.normalize(torch.randn(rays, 1, 3, device=self.device), dim=-1) * 0.3
+            t = torch.rand(rays, per_ray, 1, device=self.device).sort(dim=1).values
+            x = (origins + directions * t).reshape(-1, 3).clamp(0, 1)
             upstream = torch.randn(rays * per_ray, enc.get_out_dim(), device=self.device)
             row: dict[str, Any] = {"samples": rays * per_ray, "levels": args["num_levels"]}
             results = {}
@@ -1110,6 +1115,7 @@ def main(config: GpuBenchConfig) -> dict:
                 bench.section("edit", lambda: bench.edit("default", {}, steps, bench.edit_warmup))
                 # Before/after of this project's speed-ups, each measured in this process on this card.
                 variants = {
+                    "no_tf32": {"tf32_matmul": False},
                     "no_triton_hash_grid": {"triton_hash_grid": False},
                     "no_step_graph": {"step_cuda_graph": False},
                     "no_step_graph_no_triton": {"step_cuda_graph": False, "triton_hash_grid": False},
