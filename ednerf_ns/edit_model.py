@@ -79,8 +79,10 @@ class EdNerfEditModelConfig(EdNerfModelConfig):
     train_refinement: bool = False
     """Also update the refinement layer while editing. Off by default: a per-view 2D layer could paint the edit
     into single views instead of the 3D field, which would break multi-view consistency."""
-    refinement_half_precision: bool = False
-    """On CUDA, run the (frozen) refinement layer in float16 during edit steps."""
+    refinement_bf16: bool = True
+    """On CUDA, run the (frozen) refinement layer under bfloat16 autocast during edit steps: its self-attention
+    over the whole view then takes the flash kernel. The refined latent stays float32 (the render plus the
+    layer's correction); viewing and evaluation run the layer in float32."""
     unet_cuda_graph: bool = True
     """Replay the UNet call of each step from a CUDA graph (captured at the first step, one per view size):
     removes the kernel-launch overhead that is about half of an eager SD 1.5 call. Falls back to eager calls
@@ -127,8 +129,10 @@ class EdNerfEditModel(EdNerfModel):
         return groups
 
     def refine(self, raw: Tensor) -> Tensor:
-        if self.training and self.config.refinement_half_precision and raw.is_cuda:
-            with torch.autocast("cuda", dtype=torch.float16, cache_enabled=False):
+        if self.training and self.config.refinement_bf16 and raw.is_cuda:
+            # bfloat16, not float16: the gradients flowing back to the render are tiny (the guidance loss is a
+            # per-element mean) and would underflow float16 without loss scaling
+            with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
                 return super().refine(raw).float()
         return super().refine(raw)
 
@@ -176,7 +180,7 @@ class EdNerfEditModel(EdNerfModel):
             cfg.source_latent,
             cfg.interlevel_loss_mult,
             cfg.distortion_loss_mult,
-            cfg.refinement_half_precision,
+            cfg.refinement_bf16,
         )
         return super().step_graph_options() + options
 

@@ -90,9 +90,10 @@ class EdNerfModelConfig(NerfactoModelConfig):
     log2_hashmap_size: int = 17
     """Hash table size per level (log2). A quarter of nerfacto's: the coarser target needs fewer entries, and each
     Adam step touches every entry (a large share of a CPU step)."""
-    tf32_matmul: bool = True
+    tf32_matmul: bool = False
     """On CUDA, let float32 matrix products (the field's and proposal networks' MLPs) use TF32 tensor cores, as
-    cuDNN's convolutions already do by default (sets torch.backends.cuda.matmul.allow_tf32 for the process)."""
+    cuDNN's convolutions already do by default. Sets torch.backends.cuda.matmul.allow_tf32 for the process. Off:
+    measured within noise of float32 on an edit step (docs/benchmarks.md)."""
     proposal_update_schedule: bool = True
     """Update the proposal networks on nerfacto's schedule (every other step at first, every `proposal_update_every`
     steps after `proposal_warmup`). nerfstudio 1.1.5 only counts steps for it when the proposal-weight anneal is
@@ -251,6 +252,17 @@ class EdNerfModel(NerfactoModel):
         """
         rays, h, w = self.view_rays(camera, obb_box)
         return self.render_ray_view(rays, h, w, chunk)
+
+    @torch.no_grad()
+    def cache_training_rays(self, cameras: Cameras) -> None:
+        """Generate the rays of every training view now. nerfstudio's ray generation synchronises with the GPU
+        several times per call; done up front, no training step waits for it."""
+        if self.config.camera_optimizer.mode != "off":
+            return  # rays follow the optimised poses: generated per step
+        for idx in range(len(cameras)):
+            camera = cameras[idx : idx + 1].to(self.device)
+            camera.metadata = {**(camera.metadata or {}), "cam_idx": idx}
+            self.view_rays(camera)
 
     def view_rays(self, camera: Cameras, obb_box: OrientedBox | None = None) -> tuple[RayBundle, int, int]:
         """The collided rays of `camera`'s latent image, flat, with its height and width."""

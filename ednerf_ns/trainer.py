@@ -45,6 +45,9 @@ class EdNerfTrainer(Trainer):
         super().setup(test_mode=test_mode)
         if self.local_rank == 0:
             self.config.save_config()
+        cameras = getattr(self.pipeline.datamanager, "train_cameras", None)
+        if cameras is not None:
+            self.pipeline.model.cache_training_rays(cameras)
         self.step_graph = self._make_step_graph()
 
     def _make_step_graph(self) -> StepGraphRunner | None:

@@ -1115,7 +1115,8 @@ def main(config: GpuBenchConfig) -> dict:
                 bench.section("edit", lambda: bench.edit("default", {}, steps, bench.edit_warmup))
                 # Before/after of this project's speed-ups, each measured in this process on this card.
                 variants = {
-                    "no_tf32": {"tf32_matmul": False},
+                    "refinement_fp32": {"refinement_bf16": False},
+                    "tf32": {"tf32_matmul": True},
                     "no_triton_hash_grid": {"triton_hash_grid": False},
                     "no_step_graph": {"step_cuda_graph": False},
                     "no_step_graph_no_triton": {"step_cuda_graph": False, "triton_hash_grid": False},
