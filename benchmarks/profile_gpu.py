@@ -23,7 +23,7 @@ EDIT_VARIANTS: dict[str, dict] = {
     "default": {},
     "proposals_every_step": {"proposal_update_schedule": False},
     "distortion_computed": {"distortion_loss_mult": 1e-9},
-    "refinement_fp32": {"refinement_bf16": False},
+    "refinement_bf16": {"refinement_bf16": True},
     "tf32": {"tf32_matmul": True},
     "no_step_graph": {"step_cuda_graph": False},
 }

@@ -58,7 +58,7 @@ def render(r: dict) -> str:
 
     targets = r.get("targets") or {}
     if targets and r.get("mode") == "sd15" and env.get("device", "").startswith("cuda"):
-        out += ["**Targets** (SD 1.5 size, one H100)", ""]
+        out += ["**Targets** (SD 1.5 size; the issue states them for one H100)", ""]
         rows = [[k, fmt(v.get("measured"), 2), fmt(v.get("target")), fmt(v.get("met"))] for k, v in targets.items()]
         out += [table(["metric", "measured", "target", "met"], rows), ""]
 
@@ -154,6 +154,16 @@ def render(r: dict) -> str:
                     f"resident before: {fmt(run.get('resident_before_gb'), 2)} GB)",
                 ]
             )
+        graph = run.get("step_graph")
+        if graph:
+            rows.append(
+                [
+                    "step graphs / replays / eager steps",
+                    f"{graph['captures']} / {graph['replays']} / {graph['eager_steps']}",
+                ]
+            )
+            if graph.get("capture_failure"):
+                rows.append(["step graph capture failure", graph["capture_failure"][:150]])
         if "unet_runner" in run:
             ur = run["unet_runner"]
             rows.append(
@@ -167,8 +177,8 @@ def render(r: dict) -> str:
         out += [table(["", key], rows), ""]
         phases = run.get("phases_ms") or {}
         host = run.get("phases_host_ms") or {}
-        order = ["iteration", "data", "render", "metrics", "loss", "unet", "loss_without_unet", "backward",
-                 "optimizer", "scheduler", "zero_grad", "loop_outside_iteration"]  # fmt: skip
+        order = ["iteration", "data", "step_graph", "render", "metrics", "loss", "unet", "loss_without_unet",
+                 "backward", "optimizer", "scheduler", "zero_grad", "loop_outside_iteration"]  # fmt: skip
         if host:
             rows = [
                 [name, med(phases.get(name), digits=2), med(host.get(name), digits=2)]
@@ -185,7 +195,7 @@ def render(r: dict) -> str:
 
     edit_variants = {k: v for k, v in (r.get("edit_variants") or {}).items() if v}
     if edit_variants:
-        out += ["**Edit step by UNet variant** (short edits)", ""]
+        out += ["**Edit step without each speed-up** (short edits, same process)", ""]
         rows = []
         for name, v in edit_variants.items():
             p = v.get("phases_ms") or {}
@@ -194,14 +204,49 @@ def render(r: dict) -> str:
                     name,
                     med(v.get("step_ms")),
                     med(v.get("step_ms"), "mean"),
+                    med(p.get("step_graph"), digits=2),
                     med(p.get("unet"), digits=2),
                     med(p.get("render"), digits=2),
                     med(p.get("backward"), digits=2),
                     fmt(v.get("peak_memory_gb"), 2),
                 ]
             )
-        header = ["variant", "step ms median", "mean", "UNet ms", "render ms", "backward ms", "peak GB"]
+        header = [
+            "variant",
+            "step ms median",
+            "mean",
+            "step graph ms",
+            "UNet ms",
+            "render ms",
+            "backward ms",
+            "peak GB",
+        ]
         out += [table(header, rows), ""]
+
+    grids = {k: v for k, v in (r.get("hash_grid") or {}).items() if isinstance(v, dict)}
+    if grids:
+        out += [f"**Hash grids of one step** ({r['hash_grid'].get('rays')} rays, forward + table gradient)", ""]
+        rows = [
+            [
+                name,
+                str(g.get("samples")),
+                str(g.get("levels")),
+                med(g.get("torch_ms"), digits=2),
+                med(g.get("triton_ms"), digits=2),
+                fmt(g.get("speedup"), 2),
+                f"{g.get('forward_rel_diff')} / {g.get('grad_rel_diff')}",
+            ]
+            for name, g in grids.items()
+        ]
+        header = ["grid", "samples", "levels", "torch ms", "Triton ms", "speed-up", "rel. diff fwd / grad"]
+        out += [table(header, rows), ""]
+    estimate = r.get("train_default_estimate")
+    if estimate:
+        out += [
+            f"Default training ({estimate['anneal_steps']} anneal steps eager, the rest replayed): "
+            f"{fmt(estimate['extrapolated_default_s'])} s ({estimate['how']}).",
+            "",
+        ]
 
     dataset = r.get("dataset") or {}
     if dataset:

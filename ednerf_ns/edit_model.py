@@ -79,10 +79,12 @@ class EdNerfEditModelConfig(EdNerfModelConfig):
     train_refinement: bool = False
     """Also update the refinement layer while editing. Off by default: a per-view 2D layer could paint the edit
     into single views instead of the 3D field, which would break multi-view consistency."""
-    refinement_bf16: bool = True
+    refinement_bf16: bool = False
     """On CUDA, run the (frozen) refinement layer under bfloat16 autocast during edit steps: its self-attention
     over the whole view then takes the flash kernel. The refined latent stays float32 (the render plus the
-    layer's correction); viewing and evaluation run the layer in float32."""
+    layer's correction); viewing and evaluation run the layer in float32. Off by default: it saves 1.4 ms per
+    step on an H200 but its first step took 6.8 s longer (bf16 kernels set up once per process), more than a
+    500-step edit gains (docs/benchmarks.md)."""
     unet_cuda_graph: bool = True
     """Replay the UNet call of each step from a CUDA graph (captured at the first step, one per view size):
     removes the kernel-launch overhead that is about half of an eager SD 1.5 call. Falls back to eager calls

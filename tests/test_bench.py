@@ -55,7 +55,7 @@ def test_tiny_mode_reports_every_section(tmp_path, capsys):
     assert edit["step_graph"] is None  # a CUDA feature: the CPU runs nerfstudio's eager step
     variants = result["edit_variants"]
     assert set(variants) == {
-        "refinement_fp32",
+        "refinement_bf16",
         "tf32",
         "no_triton_hash_grid",
         "no_step_graph",

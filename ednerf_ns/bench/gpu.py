@@ -1115,7 +1115,7 @@ def main(config: GpuBenchConfig) -> dict:
                 bench.section("edit", lambda: bench.edit("default", {}, steps, bench.edit_warmup))
                 # Before/after of this project's speed-ups, each measured in this process on this card.
                 variants = {
-                    "refinement_fp32": {"refinement_bf16": False},
+                    "refinement_bf16": {"refinement_bf16": True},
                     "tf32": {"tf32_matmul": True},
                     "no_triton_hash_grid": {"triton_hash_grid": False},
                     "no_step_graph": {"step_cuda_graph": False},
