@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU benchmark in one command: `ednerf-bench gpu` at Stable Diffusion 1.5 size, for a bare CUDA machine that
-# has Python 3.12, torch and transformers but neither nerfstudio nor diffusers (they come as wheels in .whl/).
+# has Python 3.12, torch and transformers but neither nerfstudio nor diffusers (they come as wheels in .whl/,
+# which benchmarks/fetch_wheels.sh downloads).
 #
 #   OUT=/where/results/go bash benchmarks/run_gpu.sh [more ednerf-bench gpu options]
 #

@@ -41,64 +41,18 @@ def _corner_hashes(scaled, mask, prime):
 
 
 @triton.jit
-def _gather(table_ptr, hashed, base, feats, valid, FEATURES: tl.constexpr):
-    """Rows `hashed + base` of the table, [BLOCK, FEATURES] float32."""
-    index = (hashed + base).to(tl.int64)
-    values = tl.load(table_ptr + index[:, None] * FEATURES + feats[None, :], mask=valid[:, None], other=0.0)
+def _gather(table_ptr, index, feats, valid, FEATURES: tl.constexpr):
+    """Rows `index` of the table, [BLOCK, FEATURES] float32."""
+    values = tl.load(
+        table_ptr + index.to(tl.int64)[:, None] * FEATURES + feats[None, :], mask=valid[:, None], other=0.0
+    )
     return values.to(tl.float32)
 
 
 @triton.jit
-def _scatter(grad_ptr, hashed, base, feats, valid, values, FEATURES: tl.constexpr):
-    """Add `values` [BLOCK, FEATURES] into rows `hashed + base` of the table gradient (atomically: corners of
-    different samples share rows)."""
-    index = (hashed + base).to(tl.int64)
-    tl.atomic_add(grad_ptr + index[:, None] * FEATURES + feats[None, :], values, mask=valid[:, None])
-
-
-@triton.jit
-def _hash_grid_fwd(
-    x_ptr,
-    table_ptr,
-    scale_ptr,
-    out_ptr,
-    n,
-    mask,
-    p1,
-    p2,
-    LEVELS: tl.constexpr,
-    FEATURES: tl.constexpr,
-    BLOCK: tl.constexpr,
-):
-    level = tl.program_id(1)
-    rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    valid = rows < n
-    scale = tl.load(scale_ptr + level)
-    sx = tl.load(x_ptr + rows * 3 + 0, mask=valid, other=0.0) * scale
-    sy = tl.load(x_ptr + rows * 3 + 1, mask=valid, other=0.0) * scale
-    sz = tl.load(x_ptr + rows * 3 + 2, mask=valid, other=0.0) * scale
-    hx0, hx1, ox = _corner_hashes(sx, mask, 1)
-    hy0, hy1, oy = _corner_hashes(sy, mask, p1)
-    hz0, hz1, oz = _corner_hashes(sz, mask, p2)
-    base = level * (mask + 1)
-    feats = tl.arange(0, FEATURES)
-    acc = tl.zeros((BLOCK, FEATURES), dtype=tl.float32)
-    ux, uy, uz = 1 - ox, 1 - oy, 1 - oz  # floor corners weigh 1 - offset, ceil corners the offset
-    acc += _gather(table_ptr, hx0 ^ hy0 ^ hz0, base, feats, valid, FEATURES) * (ux * uy * uz)[:, None]
-    acc += _gather(table_ptr, hx0 ^ hy0 ^ hz1, base, feats, valid, FEATURES) * (ux * uy * oz)[:, None]
-    acc += _gather(table_ptr, hx0 ^ hy1 ^ hz0, base, feats, valid, FEATURES) * (ux * oy * uz)[:, None]
-    acc += _gather(table_ptr, hx0 ^ hy1 ^ hz1, base, feats, valid, FEATURES) * (ux * oy * oz)[:, None]
-    acc += _gather(table_ptr, hx1 ^ hy0 ^ hz0, base, feats, valid, FEATURES) * (ox * uy * uz)[:, None]
-    acc += _gather(table_ptr, hx1 ^ hy0 ^ hz1, base, feats, valid, FEATURES) * (ox * uy * oz)[:, None]
-    acc += _gather(table_ptr, hx1 ^ hy1 ^ hz0, base, feats, valid, FEATURES) * (ox * oy * uz)[:, None]
-    acc += _gather(table_ptr, hx1 ^ hy1 ^ hz1, base, feats, valid, FEATURES) * (ox * oy * oz)[:, None]
-    out = out_ptr + rows[:, None].to(tl.int64) * (LEVELS * FEATURES) + level * FEATURES + feats[None, :]
-    tl.store(out, acc, mask=valid[:, None])
-
-
-@triton.jit
 def _cell(x_ptr, rows, valid, scale, base, mask, p1, p2):
-    """Table rows of the 8 corners of each row's cell (int32) and their trilinear weights."""
+    """Table rows of the 8 corners of each row's cell (int32) and their trilinear weights: floor corners weigh
+    1 - offset, ceil corners the offset (nerfstudio's convention)."""
     sx = tl.load(x_ptr + rows * 3 + 0, mask=valid, other=0.0) * scale
     sy = tl.load(x_ptr + rows * 3 + 1, mask=valid, other=0.0) * scale
     sz = tl.load(x_ptr + rows * 3 + 2, mask=valid, other=0.0) * scale
@@ -124,6 +78,41 @@ def _cell(x_ptr, rows, valid, scale, base, mask, p1, p2):
         ox * oy * uz,
         ox * oy * oz,
     )
+
+
+@triton.jit
+def _hash_grid_fwd(
+    x_ptr,
+    table_ptr,
+    scale_ptr,
+    out_ptr,
+    n,
+    mask,
+    p1,
+    p2,
+    LEVELS: tl.constexpr,
+    FEATURES: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    level = tl.program_id(1)
+    rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    valid = rows < n
+    scale = tl.load(scale_ptr + level)
+    base = level * (mask + 1)
+    feats = tl.arange(0, FEATURES)
+    i0, i1, i2, i3, i4, i5, i6, i7, w0, w1, w2, w3, w4, w5, w6, w7 = _cell(
+        x_ptr, rows, valid, scale, base, mask, p1, p2
+    )
+    acc = _gather(table_ptr, i0, feats, valid, FEATURES) * w0[:, None]
+    acc += _gather(table_ptr, i1, feats, valid, FEATURES) * w1[:, None]
+    acc += _gather(table_ptr, i2, feats, valid, FEATURES) * w2[:, None]
+    acc += _gather(table_ptr, i3, feats, valid, FEATURES) * w3[:, None]
+    acc += _gather(table_ptr, i4, feats, valid, FEATURES) * w4[:, None]
+    acc += _gather(table_ptr, i5, feats, valid, FEATURES) * w5[:, None]
+    acc += _gather(table_ptr, i6, feats, valid, FEATURES) * w6[:, None]
+    acc += _gather(table_ptr, i7, feats, valid, FEATURES) * w7[:, None]
+    out = out_ptr + rows[:, None].to(tl.int64) * (LEVELS * FEATURES) + level * FEATURES + feats[None, :]
+    tl.store(out, acc, mask=valid[:, None])
 
 
 @triton.jit

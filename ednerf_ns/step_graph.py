@@ -39,7 +39,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.utils._pytree as pytree
 from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -79,7 +78,7 @@ class CaptureError(RuntimeError):
 
 @dataclass
 class StepGraphStats:
-    """What a runner did (read by the benchmark, the tests and the closing log line)."""
+    """What a runner did (read by the benchmark and the tests)."""
 
     captures: int = 0
     """Graphs captured."""
@@ -136,7 +135,7 @@ class StepGraphRunner:
         if graphable:
             self._warmed.add(key)
         self.stats.eager_steps += 1
-        with self._side_stream():
+        with self.stream_scope():
             return fn(inputs)
 
     def _replay(self, entry: _Entry, inputs: dict[str, Tensor], params: list[Tensor]) -> Any:
@@ -158,6 +157,7 @@ class StepGraphRunner:
         self._entries[key] = entry
         self.stats.captures += 1
         self.stats.keys.append(str(key))
+        _log(f"{self.name}: captured CUDA graph {len(self._entries)} (of at most {self.max_graphs}); replaying it")
         if executed:
             self._attach(entry, params)
             return outputs
@@ -207,8 +207,6 @@ class StepGraphRunner:
                 yield
         finally:
             current.wait_stream(stream)
-
-    _side_stream = stream_scope
 
     def _cuda_stream(self) -> Any:
         capture = self._capture.func if isinstance(self._capture, functools.partial) else self._capture
@@ -342,14 +340,18 @@ def _as_list(value: Any) -> list:
     return list(value) if isinstance(value, (tuple, list)) else [value]
 
 
-def tree_tensors(value: Any) -> list[Tensor]:
-    """The tensors inside nested dicts/lists/tuples (for tests and the benchmark)."""
-    return [x for x in pytree.tree_leaves(value) if isinstance(x, Tensor)]
-
-
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0][:300] if text else ""
+
+
+def _log(message: str) -> None:
+    try:
+        from nerfstudio.utils.rich_utils import CONSOLE
+
+        CONSOLE.log(message)
+    except ImportError:  # nerfstudio absent
+        print(message, file=sys.stderr)
 
 
 def _warn(message: str) -> None:
