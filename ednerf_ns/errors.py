@@ -8,6 +8,8 @@ is what a user who mistyped a path needs. Library callers and tests can still ca
 
 from __future__ import annotations
 
+import sys
+
 
 class UserError(SystemExit):
     """Bad input from the user: printed as one line (`ed-nerf: error: ...`), exit status 1."""
@@ -22,9 +24,22 @@ class UserError(SystemExit):
 
 def warn(message: str) -> None:
     """One-line warning in nerfstudio's console style (imported lazily: this module must stay import-light)."""
-    from nerfstudio.utils.rich_utils import CONSOLE
-
+    try:
+        from nerfstudio.utils.rich_utils import CONSOLE
+    except ImportError:  # nerfstudio absent (e.g. a bare benchmark environment)
+        print(f"ed-nerf: warning: {message}", file=sys.stderr)
+        return
     CONSOLE.print(f"[bold yellow]ed-nerf: warning:[/bold yellow] {message}", highlight=False)
+
+
+def info(message: str) -> None:
+    """A log line in nerfstudio's console style (stderr without nerfstudio)."""
+    try:
+        from nerfstudio.utils.rich_utils import CONSOLE
+    except ImportError:
+        print(message, file=sys.stderr)
+        return
+    CONSOLE.log(message)
 
 
 def first_line(exc: BaseException, limit: int = 300) -> str:

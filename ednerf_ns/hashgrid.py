@@ -96,8 +96,9 @@ def _triton_usable(encoding: HashEncoding) -> bool:
 
 
 def _disable_triton(exc: BaseException) -> None:
-    _TRITON_FAILURE.append(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc) else ''}")
-    from ednerf_ns.errors import warn
+    from ednerf_ns.errors import first_line, warn
+
+    _TRITON_FAILURE.append(f"{type(exc).__name__}: {first_line(exc, 200)}")
 
     warn(f"the Triton hash-grid kernels are not usable here ({_TRITON_FAILURE[0]}); using the torch kernels")
 

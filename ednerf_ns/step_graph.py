@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import sys
 import threading
 import traceback
 from collections.abc import Callable, Iterator
@@ -42,7 +41,7 @@ import torch
 from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ednerf_ns.errors import UserError
+from ednerf_ns.errors import UserError, first_line, info, warn
 
 StepFn = Callable[[dict[str, Tensor]], Any]
 # capture(fn, pool, stream) -> (replay, outputs, executed, pool): record fn() (which reads static buffers and runs
@@ -157,7 +156,7 @@ class StepGraphRunner:
         self._entries[key] = entry
         self.stats.captures += 1
         self.stats.keys.append(str(key))
-        _log(f"{self.name}: captured CUDA graph {len(self._entries)} (of at most {self.max_graphs}); replaying it")
+        info(f"{self.name}: captured CUDA graph {len(self._entries)} (of at most {self.max_graphs}); replaying it")
         if executed:
             self._attach(entry, params)
             return outputs
@@ -170,17 +169,17 @@ class StepGraphRunner:
             p.grad = g
 
     def _give_up(self, exc: BaseException, params: list[Tensor]) -> None:
-        self.stats.capture_failure = f"{type(exc).__name__}: {_first_line(exc)}"
+        self.stats.capture_failure = f"{type(exc).__name__}: {first_line(exc)}"
         first = exc
         if exc.__context__ is not None:  # the error that broke the capture, when capture_end reports another
             first = exc.__context__
-            self.stats.capture_failure += f" (after {type(first).__name__}: {_first_line(first)})"
+            self.stats.capture_failure += f" (after {type(first).__name__}: {first_line(first)})"
         self.stats.capture_traceback = "".join(traceback.format_exception(first))[-4000:]
         self._entries.clear()
         self._pool = None
         for p in params:
             p.grad = None
-        _warn(
+        warn(
             f"CUDA graph capture of the {self.name} failed ({self.stats.capture_failure}); running steps eagerly "
             f"(set --pipeline.model.step-cuda-graph False to skip the attempt)"
         )
@@ -236,7 +235,7 @@ def cuda_capture(
             recover_cuda_rng(stream)
         except Exception as exc:
             raise UserError(
-                f"a failed CUDA graph capture left CUDA's random number generator unusable ({_first_line(exc)}); "
+                f"a failed CUDA graph capture left CUDA's random number generator unusable ({first_line(exc)}); "
                 f"rerun with --pipeline.model.step-cuda-graph False"
             ) from None
         raise
@@ -338,26 +337,3 @@ def recorded_capture(fn: Callable[[], Any], pool: Any, stream: Any = None) -> tu
 
 def _as_list(value: Any) -> list:
     return list(value) if isinstance(value, (tuple, list)) else [value]
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else ""
-
-
-def _log(message: str) -> None:
-    try:
-        from nerfstudio.utils.rich_utils import CONSOLE
-
-        CONSOLE.log(message)
-    except ImportError:  # nerfstudio absent
-        print(message, file=sys.stderr)
-
-
-def _warn(message: str) -> None:
-    try:
-        from ednerf_ns.errors import warn
-
-        warn(message)
-    except ImportError:  # nerfstudio absent
-        print(f"ed-nerf: warning: {message}", file=sys.stderr)

@@ -19,12 +19,13 @@ bookkeeping on the CPU through the `capture` hook (`simulated_capture`), which s
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
+
+from ednerf_ns.errors import warn
 
 # capture(fn, warmup) -> (replay, output): run `fn` `warmup` times, record one call, and return a function that
 # re-runs the recorded call (reading fn's input buffers, writing into `output`) and the output buffer.
@@ -151,7 +152,7 @@ class UNetRunner:
         except Exception as exc:  # capture errors come from torch, the driver or a model op; all mean "no graph"
             self.stats.capture_failure = f"{type(exc).__name__}: {str(exc).strip()[:300]}"
             self._graphs.clear()
-            _warn(
+            warn(
                 f"CUDA graph capture of the UNet failed ({self.stats.capture_failure}); running it eagerly "
                 f"(set --pipeline.model.unet-cuda-graph False to skip the attempt)"
             )
@@ -199,12 +200,3 @@ def simulated_capture(fn: Callable[[], Tensor], warmup: int) -> tuple[Callable[[
         output.copy_(fn())
 
     return replay, output
-
-
-def _warn(message: str) -> None:
-    try:
-        from ednerf_ns.errors import warn
-
-        warn(message)
-    except ImportError:  # nerfstudio absent (e.g. a bare benchmark environment)
-        print(f"ed-nerf: warning: {message}", file=sys.stderr)

@@ -681,10 +681,7 @@ class Bench:
         config.pipeline.model.diffusion_model = str(self.model_dir)
         apply_options(config, options)
         run = self._run(config, skip=warmup)
-        trainer = run.pop("trainer")
-        graph = getattr(trainer, "step_graph", None)
-        run["step_graph"] = dataclasses.asdict(graph.stats) if graph is not None else None
-        del trainer
+        run["step_graph"] = step_graph_stats(run.pop("trainer"))
         run.update(options=options, steps_per_s=r3(1e3 / run["step_ms"]["mean"]) if run["step_ms"] else None)
         return run
 
@@ -756,8 +753,7 @@ class Bench:
         runner = trainer.pipeline.model.diffusion.unet_runner
         run["unet_runner"] = dataclasses.asdict(runner.stats)
         run["unet_acceleration"] = dataclasses.asdict(runner.options)
-        graph = getattr(trainer, "step_graph", None)
-        run["step_graph"] = dataclasses.asdict(graph.stats) if graph is not None else None
+        run["step_graph"] = step_graph_stats(trainer)
         run["options"] = options
         run["config"] = "registered ed-nerf-edit config" + (f", {options}" if options else "")
         run["edit_masks"] = "edit_mask" in trainer.pipeline.datamanager.cached_train[0]
@@ -1025,6 +1021,12 @@ def _nvidia_smi(field: str) -> str | None:
         return done.stdout.strip().splitlines()[0] if done.stdout.strip() else None
     except Exception:
         return None
+
+
+def step_graph_stats(trainer) -> dict[str, Any] | None:
+    """What the trainer's step graph did (None when steps ran as nerfstudio's eager loop)."""
+    graph = getattr(trainer, "step_graph", None)
+    return dataclasses.asdict(graph.stats) if graph is not None else None
 
 
 def combine_training(result: dict[str, Any]) -> dict[str, Any] | None:
