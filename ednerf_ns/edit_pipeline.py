@@ -91,9 +91,7 @@ class EdNerfEditPipeline(EdNerfPipeline):
         """Attach `edit_mask` (and `source_latent`) to every cached training view, once."""
         cfg = self.model.config
         views = self.datamanager.cached_train
-        source = cfg.mask_source
-        if source == "auto":
-            source = "prompt" if cfg.mask_prompt else ("dataset" if "latent_mask" in views[0] else "none")
+        source = resolve_mask_source(cfg.mask_source, cfg.mask_prompt, has_dataset_masks="latent_mask" in views[0])
         if source == "prompt" and not (cfg.mask_prompt or "").strip():
             raise UserError("--pipeline.model.mask-source prompt needs --pipeline.model.mask-prompt 'the region'")
         if source == "dataset" and "latent_mask" not in views[0]:
@@ -117,6 +115,16 @@ class EdNerfEditPipeline(EdNerfPipeline):
         if coverage:
             mean = sum(coverage) / len(coverage)
             CONSOLE.log(f"Edit masks from {source}: {mean:.0%} of each view on average")
+            if mean > LARGE_MASK_SHARE:
+                warn(
+                    f"the edit mask ({source}) covers {mean:.0%} of the view area on average: almost nothing is kept; "
+                    + (
+                        "in nerfstudio dataset masks usually mark pixels to ignore - if yours do, drop "
+                        "--pipeline.model.mask-source dataset"
+                        if source == "dataset"
+                        else "check --pipeline.model.mask-prompt / --pipeline.model.mask-threshold"
+                    )
+                )
             if max(coverage) == 0.0:
                 warn(
                     "the edit mask is empty in every view: nothing will change; lower --pipeline.model.mask-threshold"
@@ -138,6 +146,24 @@ class EdNerfEditPipeline(EdNerfPipeline):
             out = self.model.render_latent_view(camera, chunk=self.model.config.eval_num_rays_per_chunk)
             view["source_latent"] = out["latent"][0].to(view["latent"].device)
         self.model.train(was_training)
+
+
+LARGE_MASK_SHARE = 0.7
+"""Warn when the edit mask covers more than this share of the view area (the mean over training views)."""
+
+
+def resolve_mask_source(requested: str, mask_prompt: str | None, has_dataset_masks: bool) -> str:
+    """Where the edit mask comes from. auto = the mask prompt if one is given, else no mask: in nerfstudio a
+    dataset mask marks pixels to *ignore*, so it marks the edit region only when asked (`dataset`)."""
+    if requested == "auto":
+        source = "prompt" if (mask_prompt or "").strip() else "none"
+        if source == "none" and has_dataset_masks:
+            CONSOLE.log(
+                "The dataset has masks; they are not used as edit regions (nerfstudio masks mark pixels to ignore). "
+                "Pass --pipeline.model.mask-source dataset if they mark the region to edit"
+            )
+        return source
+    return requested
 
 
 # Stage-1 options that are training hyperparameters, not architecture: the edit's own values apply.

@@ -119,6 +119,7 @@ def main(cfg: DemoConfig) -> dict:
         edit.pipeline.datamanager.cache_dir = cache
         edit.pipeline.model.prompt = cfg.target_prompt
         edit.pipeline.model.source_prompt = cfg.source_prompt
+        edit.pipeline.model.mask_source = "dataset"  # the demo scene's masks mark the object to edit
         task = progress.add_task(f"Editing towards '{cfg.target_prompt}' (ed-nerf-edit)", total=edit_steps)
         edit_run = train_in_process(edit, lambda step: progress.update(task, completed=step + 1))
 
