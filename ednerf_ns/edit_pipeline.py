@@ -18,7 +18,7 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from nerfstudio.viewer.viewer_elements import ViewerSlider, ViewerText
 
 from ednerf_ns.checkpoint import SourceRun, load_verified, read_checkpoint
-from ednerf_ns.datamanager import LatentDatamanagerConfig, default_cache_dir
+from ednerf_ns.datamanager import LatentDatamanagerConfig, default_cache_dir, image_float
 from ednerf_ns.edit_model import EdNerfEditModel, EdNerfEditModelConfig
 from ednerf_ns.errors import UserError, warn
 from ednerf_ns.model import EdNerfModelConfig
@@ -106,7 +106,7 @@ class EdNerfEditPipeline(EdNerfPipeline):
                 soft = view["latent_mask"]
             elif source == "prompt":
                 assert segmenter is not None
-                soft = segmenter.latent_probabilities(view["image"], cfg.mask_prompt or "")
+                soft = segmenter.latent_probabilities(image_float(view["image"]), cfg.mask_prompt or "")
             else:
                 continue
             mask = binarize(soft.float().cpu(), cfg.mask_threshold, cfg.mask_dilation)
