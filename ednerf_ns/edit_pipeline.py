@@ -28,7 +28,7 @@ from ednerf_ns.segmentation import TextSegmenter, binarize
 
 @dataclass
 class EdNerfEditPipelineConfig(EdNerfPipelineConfig):
-    """Edit pipeline; the source run comes from --load-dir."""
+    """Edit pipeline; the source run comes from --source-run (or --load-dir)."""
 
     _target: type = field(default_factory=lambda: EdNerfEditPipeline)
     model: EdNerfEditModelConfig = field(default_factory=EdNerfEditModelConfig)
@@ -36,7 +36,10 @@ class EdNerfEditPipelineConfig(EdNerfPipelineConfig):
     source_checkpoint: Path | None = None
     """Checkpoint of the run being edited. Filled in from --load-dir / --load-step; recorded for provenance."""
     source_config: Path | None = None
-    """config.yml of the run being edited. Filled in from --load-dir."""
+    """config.yml of the run being edited. Filled in from --source-run / --load-dir."""
+    viewer_changes: list[str] = field(default_factory=list)
+    """Prompt and guidance changes made in the viewer during the edit ('step N: target prompt = ...'), filled in by
+    the edit and saved in config.yml with each checkpoint (pipeline.model holds the values in use at the end)."""
 
 
 class EdNerfEditPipeline(EdNerfPipeline):
@@ -58,11 +61,12 @@ class EdNerfEditPipeline(EdNerfPipeline):
         if test_mode != "val":
             return  # ns-eval / ns-render / ns-viewer load the edited weights; no UNet, no source run needed
         if config.source_checkpoint is None:
-            raise UserError("ed-nerf-edit needs the run to edit: pass --load-dir <ed-nerf run>/nerfstudio_models")
+            raise UserError("ed-nerf-edit needs the run to edit: pass --source-run <ed-nerf run folder>")
         state = read_checkpoint(config.source_checkpoint)
         load_verified(self, state["pipeline"], f"source checkpoint '{config.source_checkpoint}'")
         CONSOLE.log(f"Loaded every parameter of {config.source_checkpoint} (step {state.get('step')})")
         self.model.validate_prompts()
+        self._step = 0  # the trainer's current step (EdNerfEditTrainer.train_iteration), for the viewer log
         self._prepare_views()
         cfg = self.model.config
         self.target_prompt_text = ViewerText(
@@ -78,13 +82,21 @@ class EdNerfEditPipeline(EdNerfPipeline):
     # ------------------------------------------------------------------ viewer callbacks
     def _on_target_prompt(self, element: ViewerText) -> None:
         if element.value.strip():  # an emptied field while typing keeps the last usable prompt
-            self.model.config.prompt = element.value
+            self._record("prompt", element.value)
 
     def _on_source_prompt(self, element: ViewerText) -> None:
-        self.model.config.source_prompt = element.value
+        self._record("source_prompt", element.value)
 
     def _on_guidance_scale(self, element: ViewerSlider) -> None:
-        self.model.config.guidance_scale = float(element.value)
+        self._record("guidance_scale", float(element.value))
+
+    def _record(self, name: str, value) -> None:
+        """Apply a viewer change from the next step on, and log it in the run's config (saved with checkpoints)."""
+        if getattr(self.model.config, name) == value:
+            return
+        setattr(self.model.config, name, value)
+        self.config.viewer_changes.append(f"step {self._step}: {name} = {value!r}")
+        CONSOLE.log(f"Viewer: {name} = {value!r} from step {self._step}")
 
     # ------------------------------------------------------------------ per-view preparation
     def _prepare_views(self) -> None:
@@ -179,18 +191,29 @@ EDIT_TIME_OPTIONS = {
 }
 
 
-def merge_source_config(cli: EdNerfEditPipelineConfig, source: SourceRun, defaults: EdNerfEditPipelineConfig):
+def merge_source_config(
+    cli: EdNerfEditPipelineConfig,
+    source: SourceRun,
+    defaults: EdNerfEditPipelineConfig,
+    given: set[str] | None = None,
+):
     """The edit's pipeline config: the source run's architecture and data settings, except what the user set.
 
-    A value counts as set by the user when it differs from the method's default; the edit-only options (prompts,
-    guidance, masks) always come from the command line.
+    `given`: the options typed on the command line (`ednerf_ns.cli_options`); each of them wins over the source run,
+    even when it equals the default. Without it (a config built in Python), a value counts as set when it differs
+    from the method's default. The edit-only options (prompts, guidance, masks) always come from the edit's config.
     """
     src_pipeline = source.config.pipeline  # type: ignore[attr-defined]
+
+    def user_set(path: str, value, default) -> bool:
+        return path in given if given is not None else value != default
+
     merged = copy.deepcopy(cli)
     stage1_fields = {f.name for f in dataclasses.fields(EdNerfModelConfig)} - EDIT_TIME_OPTIONS
     for name in stage1_fields:
-        if getattr(cli.model, name) == getattr(defaults.model, name) and hasattr(src_pipeline.model, name):
-            setattr(merged.model, name, copy.deepcopy(getattr(src_pipeline.model, name)))
+        if not user_set(f"pipeline.model.{name}", getattr(cli.model, name), getattr(defaults.model, name)):
+            if hasattr(src_pipeline.model, name):
+                setattr(merged.model, name, copy.deepcopy(getattr(src_pipeline.model, name)))
     if merged.model.diffusion_model != src_pipeline.model.diffusion_model:
         warn(
             f"editing with diffusion model '{merged.model.diffusion_model}' but the source run was trained with "
@@ -202,10 +225,12 @@ def merge_source_config(cli: EdNerfEditPipelineConfig, source: SourceRun, defaul
         for f in dataclasses.fields(LatentDatamanagerConfig):
             if f.name in ("_target", "data", "dataparser"):
                 continue
-            if getattr(cli.datamanager, f.name) != getattr(defaults.datamanager, f.name):
-                setattr(dm, f.name, copy.deepcopy(getattr(cli.datamanager, f.name)))
-        if type(cli.datamanager.dataparser) is not type(defaults.datamanager.dataparser):
-            dm.dataparser = copy.deepcopy(cli.datamanager.dataparser)
+            value = getattr(cli.datamanager, f.name)
+            if user_set(f"pipeline.datamanager.{f.name}", value, getattr(defaults.datamanager, f.name)):
+                setattr(dm, f.name, copy.deepcopy(value))
+        dm.dataparser = merge_dataparser(
+            cli.datamanager.dataparser, dm.dataparser, defaults.datamanager.dataparser, given
+        )
         dm.data = cli.datamanager.data if cli.datamanager.data is not None else src_dm.data
         if dm.data is not None:
             dm.dataparser.data = Path(dm.data)
@@ -213,4 +238,23 @@ def merge_source_config(cli: EdNerfEditPipelineConfig, source: SourceRun, defaul
         merged.datamanager = dm
     merged.source_checkpoint = source.checkpoint_path
     merged.source_config = source.config_path
+    return merged
+
+
+def merge_dataparser(cli, source, default, given: set[str] | None):
+    """The source run's dataparser with the options the user set (another dataparser: the user's, whole)."""
+    from ednerf_ns.cli_options import DATAPARSER
+
+    if type(cli) is not type(source):
+        chosen = DATAPARSER in given if given is not None else type(cli) is not type(default)
+        return copy.deepcopy(cli if chosen else source)
+    merged = copy.deepcopy(source)
+    baseline = default if type(default) is type(cli) else type(cli)()
+    for f in dataclasses.fields(cli):
+        if f.name in ("_target", "data"):
+            continue
+        value = getattr(cli, f.name)
+        is_set = f"{DATAPARSER}.{f.name}" in given if given is not None else value != getattr(baseline, f.name)
+        if is_set:
+            setattr(merged, f.name, copy.deepcopy(value))
     return merged
