@@ -96,7 +96,7 @@ class LatentDiffusion:
                 if part in ("scheduler", "tokenizer"):
                     obj = cls.from_pretrained(source, subfolder=part)
                 else:
-                    obj = cls.from_pretrained(source, subfolder=part, torch_dtype=self.dtype)
+                    obj = self._load_weights(cls, source, part)
                     obj.requires_grad_(False)
                     obj.eval()
                     obj.to(self.device)
@@ -114,6 +114,18 @@ class LatentDiffusion:
                 ) from None
             self._parts[part] = obj
             return obj
+
+    def _load_weights(self, cls, source: str, part: str):
+        """from_pretrained, also for a snapshot that holds only the fp16 variant files (`*.fp16.safetensors`, what
+        `variant="fp16"` downloads), which diffusers/transformers do not pick by themselves."""
+        variant = weights_variant(Path(source) / part) if looks_like_path(source) else None
+        try:
+            return cls.from_pretrained(source, subfolder=part, torch_dtype=self.dtype, variant=variant)
+        except (OSError, ValueError):
+            if variant is not None or looks_like_path(source):
+                raise
+            # a hub id whose cached snapshot has only the fp16 files
+            return cls.from_pretrained(source, subfolder=part, torch_dtype=self.dtype, variant="fp16")
 
     @property
     def vae(self):
@@ -300,6 +312,17 @@ class LatentDiffusion:
                 f"v_prediction models are supported"
             )
         return out
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+
+
+def weights_variant(folder: Path) -> str | None:
+    """ "fp16" when `folder` holds only fp16 variant weights (e.g. diffusion_pytorch_model.fp16.safetensors,
+    model.fp16.safetensors, sharded or not), else None (the plain files load as usual)."""
+    files = [f.name for f in folder.glob("*") if f.name.endswith(WEIGHT_SUFFIXES) or ".index." in f.name]
+    plain = [f for f in files if ".fp16." not in f]
+    return "fp16" if files and not plain else None
 
 
 def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
