@@ -152,7 +152,10 @@ class EdNerfEditTrainerConfig(EdNerfTrainerConfig):
         if not (self.pipeline.model.prompt or "").strip():
             raise UserError('the target prompt is empty; pass --prompt "what the edited scene should show"')
         if self.load_dir is None:
-            raise UserError("ed-nerf-edit needs the run to edit: pass --source-run <ed-nerf run folder>")
+            raise UserError(
+                "ed-nerf-edit needs the run to edit: pass --source-run <ed-nerf run folder> "
+                "(or --load-dir <run>/nerfstudio_models)"
+            )
         source = locate_source_run(self.load_dir, self.load_step)
         if self.pipeline.datamanager.data is None:
             # No --data: edit the source run's scene (and name the run after it, as ns-train does).
