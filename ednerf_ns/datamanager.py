@@ -223,6 +223,19 @@ class LatentDatamanager(FullImageDatamanager):
         return max(max(target_size(h, w, self.config.max_image_size)) for h, w in sizes)
 
     # ------------------------------------------------------------------ nerfstudio hooks
+    def next_train(self, step: int):
+        """nerfstudio's next view, with its image left in CPU memory: nerfstudio copies it to the device every step,
+        but no training loss reads it, and a copy from pageable CPU memory makes the host wait for the GPU."""
+        view = self.cached_train[self.train_unseen_cameras[0]]  # the view nerfstudio serves next
+        image = view["image"]
+        view["image"] = torch.empty(0, dtype=image.dtype, device=self.device)  # its copy to the device: a no-op
+        try:
+            camera, data = super().next_train(step)
+        finally:
+            view["image"] = image
+        data["image"] = image
+        return camera, data
+
     def get_train_rays_per_batch(self) -> int:
         """Rays per step: the latent view, 1/64 of the image's pixels."""
         h, w = self.cached_train[0]["latent"].shape[-2:]

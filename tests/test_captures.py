@@ -65,6 +65,16 @@ def test_distorted_capture_is_undistorted_resized_and_rescaled(capture, tiny_sd,
     assert tree_hashes(capture.data) == before
 
 
+def test_training_batches_leave_images_on_the_cpu(capture, tiny_sd, cache_dir):
+    dm = latent_datamanager(capture.data, tiny_sd, cache_dir)
+    served = [dm.next_train(step) for step in range(5)]
+    for camera, data in served:
+        cached = dm.cached_train[camera.metadata["cam_idx"]]
+        assert data["image"] is cached["image"]  # the cached uint8 image itself: no per-step copy
+        assert data["latent"] is cached["latent"]
+    assert all(v["image"].dtype == torch.uint8 and v["image"].numel() > 0 for v in dm.cached_train)
+
+
 def _image(path):
     import numpy as np
     from PIL import Image
