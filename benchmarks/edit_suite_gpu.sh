@@ -19,7 +19,7 @@ export XDG_CACHE_HOME="${XDG_CACHE_HOME:-/tmp/ednerf-cache}"
 echo "== edit suite, $(date -u +%Y-%m-%dT%H:%M:%SZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown), installed in $(($(date +%s) - START)) s"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null
 SUITE_DIR="${SUITE_DIR:-/tmp/suite}"
-python3 -m ednerf_ns.bench.edits --output-dir "$SUITE_DIR" --device cuda "$@" >"$OUT/suite_stdout.log" 2>&1
+timeout --signal=INT --kill-after=10 "${SUITE_TIMEOUT:-520}" python3 -m ednerf_ns.bench.edits --output-dir "$SUITE_DIR" --device cuda "$@" >"$OUT/suite_stdout.log" 2>&1
 echo "== suite exit code $? after $(($(date +%s) - START)) s"
 cp "$SUITE_DIR"/suite.json "$SUITE_DIR"/suite.md "$OUT"/ 2>/dev/null
 (cd "$SUITE_DIR" && tar cf "$OUT/sheets.tar" */contact_sheet.png */result.json 2>/dev/null)
