@@ -16,6 +16,8 @@ fi
 export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 PYTHONUNBUFFERED=1
 export XDG_CACHE_HOME="${XDG_CACHE_HOME:-/tmp/ednerf-cache}"
+# the project is not installed there: nerfstudio finds the methods through this variable, not entry points
+export NERFSTUDIO_METHOD_CONFIGS="ed-nerf=ednerf_ns.configs:ed_nerf,ed-nerf-edit=ednerf_ns.configs:ed_nerf_edit"
 echo "== edit suite, $(date -u +%Y-%m-%dT%H:%M:%SZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown), installed in $(($(date +%s) - START)) s"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null
 SUITE_DIR="${SUITE_DIR:-/tmp/suite}"

@@ -141,6 +141,12 @@ VARIANTS: dict[str, dict[str, object]] = {
     "grid_eps_1e-6": {"optimizers.fields.optimizer.eps": 1e-6},
     "grid_eps_1e-5": {"optimizers.fields.optimizer.eps": 1e-5},
     "refinement_trained": {"pipeline.model.train_refinement": True},
+    "color_render_anneal": {
+        "pipeline.model.edit_field": "grid_and_color",
+        "pipeline.model.source_latent": "render",
+        "pipeline.model.t_schedule": "anneal",
+    },
+    "mlps_render": {"pipeline.model.edit_field": "all", "pipeline.model.source_latent": "render"},
     "guidance_15": {"pipeline.model.guidance_scale": 15.0},
 }
 
