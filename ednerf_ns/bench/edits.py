@@ -276,6 +276,8 @@ def main(cfg: EditSuiteConfig) -> dict | None:
 
     if cfg.shard is not None:
         k, n = (int(x) for x in cfg.shard.split("/"))
+        # n workers share the machine's cores: torch's default (all cores each) would oversubscribe them
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // n))
         for pair in pairs[k::n]:
             run_pair(pair, cfg, variants, device, out)
         return None
@@ -368,7 +370,7 @@ def run_pair(pair: Pair, cfg: EditSuiteConfig, variants: dict[str, dict], device
     truth = write_nerfstudio_dataset(parse_scene_prompt(pair.target), folder / "target_scene", **options)
     cache = folder / "cache"
     runs = folder / "runs"
-    source_run = previous.get("source_run")
+    source_run = previous.get("source_run") or finished_run(runs / "source", cfg.train_steps)
     timings = dict(previous.get("timings_s", {}))
     if not source_run or not (Path(source_run) / "nerfstudio_models").is_dir():
         t0 = time.time()
@@ -382,6 +384,11 @@ def run_pair(pair: Pair, cfg: EditSuiteConfig, variants: dict[str, dict], device
         key = json.dumps(overrides, sort_keys=True)
         if name in kept and kept[name]["overrides"] == key and Path(kept[name]["run"]).is_dir():
             edit_runs[name] = kept[name]["run"]
+            continue
+        found = finished_run(runs / f"edit-{name}", cfg.edit_steps)
+        marker = Path(found) / "variant.json" if found else None
+        if marker is not None and marker.is_file() and marker.read_text() == key:
+            edit_runs[name] = found  # finished by an interrupted earlier run of this command
             continue
         t0 = time.time()
         run = edit_scene(
@@ -398,6 +405,7 @@ def run_pair(pair: Pair, cfg: EditSuiteConfig, variants: dict[str, dict], device
             overrides=overrides,
         )
         timings[f"edit_{name}"] = round(time.time() - t0, 1)
+        (run / "variant.json").write_text(key)
         edit_runs[name] = str(run)
     t0 = time.time()
     measured = measure_pair(pair, Path(source_run), {k: Path(v) for k, v in edit_runs.items()}, truth, cfg, folder)
@@ -422,6 +430,12 @@ def run_pair(pair: Pair, cfg: EditSuiteConfig, variants: dict[str, dict], device
         flush=True,
     )
     return result
+
+
+def finished_run(folder: Path, steps: int) -> str | None:
+    """The newest run under `folder` (runs/<name>/<method>/<timestamp>) that saved its last step, if any."""
+    done = sorted(folder.glob(f"*/*/nerfstudio_models/step-{steps - 1:09d}.ckpt"))
+    return str(done[-1].parent.parent) if done else None
 
 
 def measure_pair(pair: Pair, source_run: Path, edit_runs: dict[str, Path], truth: Path, cfg, folder: Path) -> dict:
