@@ -387,7 +387,7 @@ def run_pair(pair: Pair, cfg: EditSuiteConfig, variants: dict[str, dict], device
             continue
         found = finished_run(runs / f"edit-{name}", cfg.edit_steps)
         marker = Path(found) / "variant.json" if found else None
-        if marker is not None and marker.is_file() and marker.read_text() == key:
+        if marker is not None and (not marker.is_file() or marker.read_text() == key):
             edit_runs[name] = found  # finished by an interrupted earlier run of this command
             continue
         t0 = time.time()
