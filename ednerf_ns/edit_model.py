@@ -73,7 +73,7 @@ class EdNerfEditModelConfig(EdNerfModelConfig):
     distortion_loss_mult: float = 0.0
     """Distortion regulariser while editing. Off: its tiny gradients reach every hash-grid entry, and Adam scales
     them up to full steps, so it would drift the regions the edit should keep."""
-    edit_field: Literal["grid", "grid_and_color", "all"] = "grid"
+    edit_field: Literal["grid", "grid_and_color", "all"] = "grid_and_color"
     """Which parts of the field an edit trains: grid = the hash-grid features only (local: each entry stores one
     place of the scene); grid_and_color = also the colour head (the MLP from features and view direction to the
     latent), which widens the range of latents the field can produce; all = also the density MLP. The MLPs are
