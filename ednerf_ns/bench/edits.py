@@ -150,6 +150,16 @@ VARIANTS: dict[str, dict[str, object]] = {
     "gc_guidance_15": {"pipeline.model.edit_field": "grid_and_color", "pipeline.model.guidance_scale": 15.0},
     "gc_weight_2": {"pipeline.model.edit_field": "grid_and_color", "pipeline.model.guidance_weight": 2.0},
     "gc_lr_2e-2": {"pipeline.model.edit_field": "grid_and_color", "optimizers.fields.optimizer.lr": 2e-2},
+    "gc_strong": {
+        "pipeline.model.edit_field": "grid_and_color",
+        "pipeline.model.guidance_weight": 3.0,
+        "optimizers.field_mlps.optimizer.lr": 1e-2,
+    },
+    "gc_anneal_w3": {
+        "pipeline.model.edit_field": "grid_and_color",
+        "pipeline.model.t_schedule": "anneal",
+        "pipeline.model.guidance_weight": 3.0,
+    },
     "gc_mlp_lr_1e-2": {"pipeline.model.edit_field": "grid_and_color", "optimizers.field_mlps.optimizer.lr": 1e-2},
     "guidance_15": {"pipeline.model.guidance_scale": 15.0},
 }
