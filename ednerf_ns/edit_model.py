@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
+from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocation
 from torch import Tensor
 from torch.nn import Parameter
 
@@ -73,10 +74,20 @@ class EdNerfEditModelConfig(EdNerfModelConfig):
     distortion_loss_mult: float = 0.0
     """Distortion regulariser while editing. Off: its tiny gradients reach every hash-grid entry, and Adam scales
     them up to full steps, so it would drift the regions the edit should keep."""
+    edit_field: Literal["grid", "grid_and_color", "all"] = "grid_and_color"
+    """Which parts of the field an edit trains: grid = the hash-grid features only (local: each entry stores one
+    place of the scene); grid_and_color = also the colour head (the MLP from features and view direction to the
+    latent), which widens the range of latents the field can produce; all = also the density MLP. The MLPs are
+    shared by the whole scene, so they learn at the rate of the `field_mlps` optimizer. With tiny-cuda-nn the grid
+    and the density MLP are one fused tensor: grid then trains both."""
     edit_field_mlps: bool = False
-    """Also update the field's MLPs while editing. Off by default: the MLPs are shared by the whole scene, so a
-    change made for the masked region changes everything else too; the hash-grid features are local. (With tcnn
-    the grid and the density MLP are one fused tensor, so there only the colour MLP is frozen.)"""
+    """Older name of edit_field=all, kept so that earlier runs' config.yml files load: True selects all."""
+    t_schedule: Literal["uniform", "anneal"] = "uniform"
+    """How timesteps are drawn over the edit: uniform in [t_min, t_max] at every step, or anneal: the upper bound
+    falls linearly from t_max to t_anneal_end over the edit, so large-scale changes (high t) come first and
+    details (low t) last."""
+    t_anneal_end: float = 0.5
+    """With t_schedule anneal: the upper bound of t at the last step (a fraction of the schedule, >= t_min)."""
     train_refinement: bool = False
     """Also update the refinement layer while editing. Off by default: a per-view 2D layer could paint the edit
     into single views instead of the 3D field, which would break multi-view consistency."""
@@ -119,17 +130,41 @@ class EdNerfEditModel(EdNerfModel):
         # from the config (the viewer may change both): a step replayed from a CUDA graph reads them from there.
         self._guidance_text: Tensor | None = None
         self._guidance_scale: Tensor | None = None
+        self.register_buffer("_edit_progress", torch.zeros(()), persistent=False)
 
     def get_param_groups(self) -> dict[str, list[Parameter]]:
         groups = super().get_param_groups()
         if not self.config.train_refinement:
             groups.pop("refinement", None)
-        if not self.config.edit_field_mlps:
-            local = [p for name, p in self.field.named_parameters() if is_local_field_parameter(name)]
-            for p in self.field.parameters():
-                p.requires_grad_(any(p is q for q in local))
-            groups["fields"] = local
+        parts = field_parameter_parts(self.field)
+        which = "all" if self.config.edit_field_mlps else self.config.edit_field
+        grid = parts["grid"]
+        mlps = {"grid": [], "grid_and_color": parts["color"], "all": parts["density"] + parts["color"]}[which]
+        if not grid:
+            raise UserError(
+                "ed-nerf-edit found no hash-grid parameters in the field to edit; the field was built with an "
+                "unexpected layout (pass --pipeline.model.implementation torch to rebuild it with the project's grids)"
+            )
+        chosen = grid + mlps
+        for p in self.field.parameters():
+            p.requires_grad_(any(p is q for q in chosen))
+        groups["fields"] = grid
+        if mlps:
+            groups["field_mlps"] = mlps
         return groups
+
+    def get_training_callbacks(self, training_callback_attributes) -> list:
+        callbacks = super().get_training_callbacks(training_callback_attributes)
+        trainer = training_callback_attributes.trainer
+        total = getattr(getattr(trainer, "config", None), "max_num_iterations", None)
+        if total:
+            # the t schedule needs the edit's progress; a buffer, so a step replayed from a CUDA graph reads it
+            def track(step: int) -> None:
+                self._edit_progress.fill_(min(1.0, step / max(1, total - 1)))
+
+            where = [TrainingCallbackLocation.BEFORE_TRAIN_ITERATION]
+            callbacks.append(TrainingCallback(where_to_run=where, update_every_num_iters=1, func=track))
+        return callbacks
 
     def refine(self, raw: Tensor) -> Tensor:
         if self.training and self.config.refinement_bf16 and raw.is_cuda:
@@ -184,6 +219,8 @@ class EdNerfEditModel(EdNerfModel):
             cfg.interlevel_loss_mult,
             cfg.distortion_loss_mult,
             cfg.refinement_bf16,
+            cfg.t_schedule,
+            cfg.t_anneal_end,
         )
         return super().step_graph_options() + options
 
@@ -199,7 +236,10 @@ class EdNerfEditModel(EdNerfModel):
         mask = None if mask is None else mask.to(z_tgt.device)[None]
         alphas = diffusion.alphas_cumprod()
         steps = diffusion.num_train_timesteps
-        t, eps = guidance.sample_timestep_and_noise(z_tgt, int(cfg.t_min * (steps - 1)), int(cfg.t_max * (steps - 1)))
+        t_max = cfg.t_max
+        if cfg.t_schedule == "anneal":
+            t_max = cfg.t_max + (max(cfg.t_min, cfg.t_anneal_end) - cfg.t_max) * self._edit_progress
+        t, eps = guidance.sample_timestep_and_noise(z_tgt, cfg.t_min * (steps - 1), t_max * (steps - 1))
         if not step_graph.is_capturing():  # a capture reads the buffers the caller refreshes before each replay
             self.prepare_train_step()
         text, scale = self._guidance_text, self._guidance_scale
@@ -226,6 +266,19 @@ class EdNerfEditModel(EdNerfModel):
         return loss
 
 
-def is_local_field_parameter(name: str) -> bool:
-    """Hash-grid tables (torch: `hash_table`; tcnn: the fused grid + density network of `mlp_base`)."""
-    return "hash_table" in name or (name.startswith("mlp_base.") and "tcnn_encoding" in name)
+def field_parameter_parts(field: torch.nn.Module) -> dict[str, list[Parameter]]:
+    """The field's parameters by the module they belong to (never by name, which differs between
+    implementations): grid = the hash encodings of the density network `mlp_base` (with tiny-cuda-nn, nerfstudio
+    fuses grid and density MLP into one tensor, so there it is all of `mlp_base`); density = the rest of
+    `mlp_base`; color = the colour head `mlp_head`; other = anything else (appearance embedding, ...)."""
+    from nerfstudio.field_components.encodings import HashEncoding
+
+    base: torch.nn.Module = field.mlp_base  # type: ignore[assignment]
+    head: torch.nn.Module = field.mlp_head  # type: ignore[assignment]
+    encodings = [m for m in base.modules() if isinstance(m, HashEncoding)]
+    grid = [p for m in encodings for p in m.parameters()] if encodings else list(base.parameters())
+    density = [p for p in base.parameters() if not any(p is q for q in grid)]
+    color = list(head.parameters())
+    taken = grid + density + color
+    other = [p for p in field.parameters() if not any(p is q for q in taken)]
+    return {"grid": grid, "density": density, "color": color, "other": other}

@@ -33,14 +33,22 @@ class GuidanceOutput:
 
 
 def sample_timestep_and_noise(
-    latents: Tensor, t_min: int, t_max: int, generator: torch.Generator | None = None
+    latents: Tensor, t_min: float, t_max: float | Tensor, generator: torch.Generator | None = None
 ) -> tuple[Tensor, Tensor]:
     """One integer timestep per batch element, uniform in [t_min, t_max], and one Gaussian noise like `latents`.
 
     The same pair must be used for both DDS branches; sampling them in one place makes that hard to get wrong.
+    Bounds may be fractional (they are floored); `t_max` may be a 0-dim tensor that changes between steps (an
+    annealed schedule read on the device, e.g. by a step replayed from a CUDA graph).
     """
     batch = latents.shape[0]
-    t = torch.randint(t_min, t_max + 1, (batch,), device=latents.device, generator=generator)
+    if isinstance(t_max, Tensor):
+        low = float(t_min) // 1
+        high = torch.maximum(t_max.to(latents.device).floor(), torch.full_like(t_max, low, device=latents.device))
+        u = torch.rand((batch,), device=latents.device, generator=generator)
+        t = torch.minimum((low + u * (high - low + 1)).floor(), high).long()
+    else:
+        t = torch.randint(int(t_min), int(t_max) + 1, (batch,), device=latents.device, generator=generator)
     eps = torch.randn(latents.shape, device=latents.device, dtype=latents.dtype, generator=generator)
     return t, eps
 

@@ -176,3 +176,43 @@ def quiet_run(config, device: str, output_dir: Path, name: str, steps: int, seed
     config.steps_per_eval_all_images = steps + 1
     config.logging.local_writer.enable = False
     config.logging.profiler = "none"
+
+
+def apply_overrides(config, overrides: dict[str, object]) -> None:
+    """Set options of a TrainerConfig by dotted path, in place: {'pipeline.model.guidance_scale': 15,
+    'optimizers.fields.optimizer.lr': 3e-3}. Dict entries (the optimizers) are indexed by key. An unknown path is
+    refused, so that a mistyped benchmark variant never silently measures the defaults."""
+    for path, value in overrides.items():
+        *parents, last = path.split(".")
+        target = config
+        for name in parents:
+            target = target[name] if isinstance(target, dict) else getattr(target, name, None)
+            if target is None:
+                raise UserError(f"option '{path}': no '{name}' in the run's config")
+        if isinstance(target, dict):
+            if last not in target:
+                raise UserError(f"option '{path}': no '{last}' in the run's config")
+            target[last] = value
+        elif not hasattr(target, last):
+            raise UserError(f"option '{path}': no '{last}' in the run's config")
+        else:
+            setattr(target, last, value)
+
+
+def labelled_contact_sheet(rows: list[list[Tensor]], labels: list[str], path: Path, title: str | None = None) -> Path:
+    """`contact_sheet` saved as PNG with each column's label (and an optional title line) on a white strip above."""
+    from PIL import ImageDraw
+
+    sheet = Image.fromarray((contact_sheet(rows).clamp(0, 1).numpy() * 255).round().astype(np.uint8))
+    cell = max(img.shape[1] for row in rows for img in row) + 4
+    top = 16 * (1 + (title is not None))
+    labelled = Image.new("RGB", (sheet.width, sheet.height + top), "white")
+    labelled.paste(sheet, (0, top))
+    draw = ImageDraw.Draw(labelled)
+    if title is not None:
+        draw.text((2, 2), title, fill="black")
+    for c, label in enumerate(labels[: max(len(r) for r in rows)]):
+        draw.text((c * cell + 2, top - 14), label, fill="black")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    labelled.save(path, optimize=True)
+    return path

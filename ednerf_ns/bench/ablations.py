@@ -379,9 +379,7 @@ SHEET_COLUMNS = (
 
 def save_sheet(scene: Scene, source, unrefined, rendered: dict, truth, count: int, path: Path) -> None:
     """Held-out views (rows) x the columns of SHEET_COLUMNS, with a label strip on top."""
-    from PIL import Image, ImageDraw
-
-    from ednerf_ns.runs import contact_sheet, save_png
+    from ednerf_ns.runs import labelled_contact_sheet
 
     del unrefined  # shown as numbers only: it is the same field minus the 2D layer
     rows = []
@@ -391,15 +389,7 @@ def save_sheet(scene: Scene, source, unrefined, rendered: dict, truth, count: in
         if truth is not None:
             row.append(truth[i])
         rows.append(row)
-    save_png(contact_sheet(rows), path)
-    sheet = Image.open(path)
-    cell = source[0].rgb.shape[1] + 4
-    labelled = Image.new("RGB", (sheet.width, sheet.height + 16), "white")
-    labelled.paste(sheet, (0, 16))
-    draw = ImageDraw.Draw(labelled)
-    for c, label in enumerate(SHEET_COLUMNS[: len(rows[0])]):
-        draw.text((c * cell + 2, 2), label, fill="black")
-    labelled.save(path, optimize=True)
+    labelled_contact_sheet(rows, list(SHEET_COLUMNS), path)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""`ednerf-bench {gpu,ablations}`: one console command, one subcommand per measurement."""
+"""`ednerf-bench {gpu,ablations,edits}`: one console command, one subcommand per measurement."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import tyro
 def entrypoint() -> None:
     from ednerf_ns.bench.ablations import AblationConfig
     from ednerf_ns.bench.ablations import main as ablations
+    from ednerf_ns.bench.edits import EditSuiteConfig
+    from ednerf_ns.bench.edits import main as edits
     from ednerf_ns.bench.gpu import GpuBenchConfig
     from ednerf_ns.bench.gpu import main as gpu
 
@@ -17,10 +19,13 @@ def entrypoint() -> None:
     commands = Union[  # noqa: UP007 - tyro reads subcommands from a typing.Union
         Annotated[GpuBenchConfig, tyro.conf.subcommand("gpu")],
         Annotated[AblationConfig, tyro.conf.subcommand("ablations")],
+        Annotated[EditSuiteConfig, tyro.conf.subcommand("edits")],
     ]
     config = tyro.cli(commands)  # type: ignore[arg-type]
     if isinstance(config, GpuBenchConfig):
         gpu(config)
+    elif isinstance(config, EditSuiteConfig):
+        edits(config)
     else:
         ablations(config)
 

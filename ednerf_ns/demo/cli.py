@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -77,10 +78,7 @@ def main(cfg: DemoConfig) -> dict:
     from nerfstudio.utils.rich_utils import CONSOLE
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from ednerf_ns.configs import ed_nerf_edit_trainer, ed_nerf_trainer
     from ednerf_ns.demo.scene import caption, write_nerfstudio_dataset
-    from ednerf_ns.presets import apply_small_scene_preset
-    from ednerf_ns.runs import quiet_run, train_in_process
 
     start = time.time()
     spec = parse_scene_prompt(cfg.source_prompt)
@@ -104,24 +102,31 @@ def main(cfg: DemoConfig) -> dict:
         )
         progress.advance(task)
 
-        config = apply_small_scene_preset(ed_nerf_trainer())
-        quiet_run(config, device, out / "runs", "demo", train_steps, cfg.seed)
-        config.pipeline.datamanager.data = data
-        config.pipeline.datamanager.cache_dir = cache
-        config.pipeline.model.diffusion_model = cfg.diffusion_model
         task = progress.add_task("Training the latent NeRF (ed-nerf)", total=train_steps)
-        source_run = train_in_process(config, lambda step: progress.update(task, completed=step + 1))
-
-        edit = ed_nerf_edit_trainer()
-        quiet_run(edit, device, out / "runs", "demo", edit_steps, cfg.seed)
-        edit.load_dir = source_run / "nerfstudio_models"
-        edit.pipeline.datamanager.data = data
-        edit.pipeline.datamanager.cache_dir = cache
-        edit.pipeline.model.prompt = cfg.target_prompt
-        edit.pipeline.model.source_prompt = cfg.source_prompt
-        edit.pipeline.model.mask_source = "dataset"  # the demo scene's masks mark the object to edit
+        runs = out / "runs"
+        source_run = train_scene(
+            data,
+            runs,
+            cache,
+            device,
+            train_steps,
+            cfg.seed,
+            cfg.diffusion_model,
+            lambda step: progress.update(task, completed=step + 1),
+        )
         task = progress.add_task(f"Editing towards '{cfg.target_prompt}' (ed-nerf-edit)", total=edit_steps)
-        edit_run = train_in_process(edit, lambda step: progress.update(task, completed=step + 1))
+        edit_run = edit_scene(
+            source_run,
+            data,
+            runs,
+            cache,
+            device,
+            edit_steps,
+            cfg.seed,
+            cfg.source_prompt,
+            cfg.target_prompt,
+            on_step=lambda step: progress.update(task, completed=step + 1),
+        )
 
         task = progress.add_task("Rendering held-out views and measuring", total=1)
         metrics = measure(source_run, edit_run, target_color, out)
@@ -140,6 +145,64 @@ def main(cfg: DemoConfig) -> dict:
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     report(metrics, out)
     return metrics
+
+
+def train_scene(
+    data: Path,
+    runs: Path,
+    cache: Path,
+    device: str,
+    steps: int,
+    seed: int,
+    diffusion_model: str,
+    on_step: Callable[[int], None] | None = None,
+    name: str = "demo",
+    overrides: dict[str, object] | None = None,
+) -> Path:
+    """Train `ed-nerf` on a demo dataset with the small-scene preset, as the demo does; returns the run folder.
+    Shared by the demo and the benchmarks, so that what they measure is what the demo runs."""
+    from ednerf_ns.configs import ed_nerf_trainer
+    from ednerf_ns.presets import apply_small_scene_preset
+    from ednerf_ns.runs import apply_overrides, quiet_run, train_in_process
+
+    config = apply_small_scene_preset(ed_nerf_trainer())
+    quiet_run(config, device, runs, name, steps, seed)
+    config.pipeline.datamanager.data = data
+    config.pipeline.datamanager.cache_dir = cache
+    config.pipeline.model.diffusion_model = diffusion_model
+    apply_overrides(config, overrides or {})
+    return train_in_process(config, on_step)
+
+
+def edit_scene(
+    source_run: Path,
+    data: Path,
+    runs: Path,
+    cache: Path,
+    device: str,
+    steps: int,
+    seed: int,
+    source_prompt: str,
+    target_prompt: str,
+    on_step: Callable[[int], None] | None = None,
+    name: str = "demo",
+    overrides: dict[str, object] | None = None,
+) -> Path:
+    """`ed-nerf-edit` of a demo run with the method's defaults; the demo scenes' masks mark the object to edit.
+    `overrides` ('pipeline.model.guidance_scale': 15, ...) change single options (benchmark variants)."""
+    from ednerf_ns.configs import ed_nerf_edit_trainer
+    from ednerf_ns.runs import apply_overrides, quiet_run, train_in_process
+
+    edit = ed_nerf_edit_trainer()
+    quiet_run(edit, device, runs, name, steps, seed)
+    edit.load_dir = source_run / "nerfstudio_models"
+    edit.pipeline.datamanager.data = data
+    edit.pipeline.datamanager.cache_dir = cache
+    edit.pipeline.model.prompt = target_prompt
+    edit.pipeline.model.source_prompt = source_prompt
+    edit.pipeline.model.mask_source = "dataset"  # the demo datasets' masks mark the object: the region to edit
+    apply_overrides(edit, overrides or {})
+    return train_in_process(edit, on_step)
 
 
 def measure(source_run: Path, edit_run: Path, target_color: str | None, out: Path) -> dict:
