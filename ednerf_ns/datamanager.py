@@ -259,11 +259,11 @@ def no_dataset_writes(data: Path | None):
         hint = ""
         if "downscale" in question:
             hint = (
-                "; pass --pipeline.datamanager.dataparser.downscale-factor 1 (ed-nerf resizes images itself) or "
+                "; pass --downscale-factor 1 after the dataparser's name (ed-nerf resizes images itself) or "
                 "create the images_N folder yourself"
             )
         elif "3D" in question:
-            hint = "; pass --pipeline.datamanager.dataparser.load-3D-points False"
+            hint = "; pass --load-3D-points False after the dataparser's name"
         raise UserError(
             f"the dataparser wants to modify the dataset at '{data}' ({question}); ed-nerf never does{hint}"
         )
@@ -290,17 +290,22 @@ def prepare_colmap_parser(config: LatentDatamanagerConfig) -> None:
         folder = data / f"{parser.images_path}_{parser.downscale_factor}"
         if parser.downscale_factor > 1 and not folder.is_dir():
             raise UserError(
-                f"--pipeline.datamanager.dataparser.downscale-factor {parser.downscale_factor}, but '{folder}' does "
-                f"not exist; ed-nerf never writes into the dataset: create it, or pass downscale-factor 1"
+                f"downscale factor {parser.downscale_factor} (colmap --downscale-factor), but '{folder}' does not "
+                f"exist; ed-nerf never writes into the dataset: create it, or pass --downscale-factor 1"
             )
         return
-    images = sorted(p for p in (data / parser.images_path).glob("*") if p.is_file())
+    suffixes = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp")
+    images = sorted(p for p in (data / parser.images_path).glob("*") if p.suffix.lower() in suffixes)
     factor = 1
     if images:
-        with Image.open(images[0]) as first:
-            longest = max(first.size)
+        try:
+            with Image.open(images[0]) as first:
+                longest = max(first.size)
+        except Exception:  # an unreadable first image: nerfstudio's loading names it in one line later
+            longest = 0
         for candidate in (2, 4, 8):
-            if (data / f"{parser.images_path}_{candidate}").is_dir() and longest / candidate >= config.max_image_size:
+            folder = data / f"{parser.images_path}_{candidate}"
+            if folder.is_dir() and config.max_image_size > 0 and longest / candidate >= config.max_image_size:
                 factor = candidate
     parser.downscale_factor = factor
     CONSOLE.log(f"Colmap images: downscale factor {factor} ({parser.images_path}{'' if factor == 1 else f'_{factor}'})")
