@@ -144,6 +144,11 @@ class EdNerfEditTrainerConfig(EdNerfTrainerConfig):
             self._adopt_resumed_run()
         if self.source_run is not None:
             load_dir = source_models_folder(self.source_run)
+            if not load_dir.is_dir():
+                raise UserError(
+                    f"--source-run '{self.source_run}' is not an ed-nerf run (no nerfstudio_models folder there); "
+                    f"pass the run's folder, e.g. outputs/<scene>/ed-nerf/<timestamp>"
+                )
             if self.load_dir is not None and Path(self.load_dir).expanduser().resolve() != load_dir.resolve():
                 raise UserError(
                     f"--source-run '{self.source_run}' and --load-dir '{self.load_dir}' name different runs"

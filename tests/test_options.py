@@ -99,6 +99,9 @@ def test_source_run_flag(trained_run, scene, cache_dir, tmp_path):
     config.source_run = tmp_path
     with pytest.raises(UserError, match="--source-run .* and --load-dir .* name different runs"):
         config.validate()
+    config.load_dir, config.source_run = None, tmp_path / "nowhere"
+    with pytest.raises(UserError, match="--source-run .*nowhere' is not an ed-nerf run"):
+        config.validate()
     config.load_dir = config.source_run = None
     with pytest.raises(UserError, match="pass --source-run"):
         config.validate()
