@@ -79,8 +79,11 @@ def locate_source_run(load_dir: Path, load_step: int | None) -> SourceRun:
 
 def load_verified(module: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
     """load_state_dict that names what is missing, unexpected or mis-shaped instead of a wall of text."""
+    from ednerf_ns.field import complete_frozen_geometry
+
     state = {k.removeprefix("module."): v for k, v in state.items()}
     own = module.state_dict()
+    state = complete_frozen_geometry(dict(state), own)
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     mismatched = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))

@@ -81,6 +81,11 @@ class EdNerfEditModelConfig(EdNerfModelConfig):
     and the density MLP are one fused tensor: grid then trains both."""
     edit_field_mlps: bool = False
     """Older name of edit_field=all, kept so that earlier runs' config.yml files load: True selects all."""
+    edit_geometry: bool = False
+    """Let the edit change the scene's shape. Off by default: the density then comes from a frozen copy of the
+    source run's density network, so the edit changes only what the scene looks like (colour, texture) and the
+    shape stays exactly the source's; DDS gradients otherwise also move the density, which melts edges into blobs
+    (docs/results.md). Turn it on for edits that must change geometry (a sphere into a cube, adding a hat)."""
     t_schedule: Literal["uniform", "anneal"] = "uniform"
     """How timesteps are drawn over the edit: uniform in [t_min, t_max] at every step, or anneal: the upper bound
     falls linearly from t_max to t_anneal_end over the edit, so large-scale changes (high t) come first and
@@ -115,6 +120,9 @@ class EdNerfEditModel(EdNerfModel):
         super().populate_modules()
         if self.refinement is not None and not self.config.train_refinement:
             self.refinement.requires_grad_(False)
+        if not self.config.edit_geometry:
+            self.field.freeze_geometry()
+            self.proposal_networks.requires_grad_(False)  # they follow a density that no longer changes
         self.diffusion.set_unet_acceleration(
             UNetAcceleration(
                 cuda_graph=self.config.unet_cuda_graph,
@@ -148,6 +156,8 @@ class EdNerfEditModel(EdNerfModel):
         for p in self.field.parameters():
             p.requires_grad_(any(p is q for q in chosen))
         groups["fields"] = grid
+        if not self.config.edit_geometry:
+            groups.pop("proposal_networks", None)
         if mlps:
             groups["field_mlps"] = mlps
         return groups
@@ -220,6 +230,7 @@ class EdNerfEditModel(EdNerfModel):
             cfg.refinement_bf16,
             cfg.t_schedule,
             cfg.t_anneal_end,
+            cfg.edit_geometry,
         )
         return super().step_graph_options() + options
 
@@ -260,8 +271,8 @@ class EdNerfEditModel(EdNerfModel):
             loss["reconstruction_loss"] = cfg.reconstruction_weight * guidance.masked_reconstruction_loss(
                 z_tgt, z_src, mask
             )
-        # The proposal networks must keep following the (changing) density of the field.
-        self.add_regularizers(outputs, metrics_dict, loss)
+        if cfg.edit_geometry:  # the proposal networks must keep following the (changing) density of the field
+            self.add_regularizers(outputs, metrics_dict, loss)
         return loss
 
 
