@@ -143,15 +143,8 @@ class EdNerfEditModel(EdNerfModel):
         groups = super().get_param_groups()
         if not self.config.train_refinement:
             groups.pop("refinement", None)
-        parts = field_parameter_parts(self.field)
         which = "all" if self.config.edit_field_mlps else self.config.edit_field
-        grid = parts["grid"]
-        mlps = {"grid": [], "grid_and_color": parts["color"], "all": parts["density"] + parts["color"]}[which]
-        if not grid:
-            raise UserError(
-                "ed-nerf-edit found no hash-grid parameters in the field to edit; the field was built with an "
-                "unexpected layout (pass --pipeline.model.implementation torch to rebuild it with the project's grids)"
-            )
+        grid, mlps = select_edit_parameters(self.field, which)
         chosen = grid + mlps
         for p in self.field.parameters():
             p.requires_grad_(any(p is q for q in chosen))
@@ -292,3 +285,16 @@ def field_parameter_parts(field: torch.nn.Module) -> dict[str, list[Parameter]]:
     taken = grid + density + color
     other = [p for p in field.parameters() if not any(p is q for q in taken)]
     return {"grid": grid, "density": density, "color": color, "other": other}
+
+
+def select_edit_parameters(field: torch.nn.Module, which: str) -> tuple[list[Parameter], list[Parameter]]:
+    """(hash-grid parameters, MLP parameters) an edit trains for `edit_field` = `which`; refuses a field in which
+    no grid is found (the edit would have nothing local to train)."""
+    parts = field_parameter_parts(field)
+    mlps = {"grid": [], "grid_and_color": parts["color"], "all": parts["density"] + parts["color"]}[which]
+    if not parts["grid"]:
+        raise UserError(
+            "ed-nerf-edit found no hash-grid parameters in the field to edit (an unexpected field layout); pass "
+            "--pipeline.model.implementation torch to rebuild it with the project's own grids"
+        )
+    return parts["grid"], mlps

@@ -261,7 +261,10 @@ def parse_variants(entries: tuple[str, ...]) -> dict[str, dict[str, object]]:
             if "=" not in item:
                 raise UserError(f"--variants '{entry}': '{item}' must be path=value")
             path, _, value = item.partition("=")
-            overrides[path.strip()] = yaml.safe_load(value.strip())
+            try:  # numbers as JSON reads them (YAML would keep '3e-3' a string), then YAML (True, grid, ...)
+                overrides[path.strip()] = json.loads(value.strip())
+            except ValueError:
+                overrides[path.strip()] = yaml.safe_load(value.strip())
         out[name.strip()] = overrides
     if not out:
         raise UserError("--variants is empty; pass at least 'default'")
