@@ -7,6 +7,7 @@ expected parameter is checked, with one clear line when something does not fit.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ import torch
 import yaml
 from torch import nn
 
-from ednerf_ns.errors import UserError, first_line
+from ednerf_ns.errors import ArgumentError, UserError, first_line
 
 ED_NERF_METHODS = ("ed-nerf", "ed-nerf-edit")
 _STEP = re.compile(r"^step-(\d+)\.ckpt$")
@@ -35,13 +36,15 @@ def find_checkpoint(load_dir: Path, load_step: int | None) -> tuple[Path, int]:
     """The newest (or `load_step`) `step-*.ckpt` in `load_dir`."""
     load_dir = Path(load_dir).expanduser()
     if not load_dir.is_dir():
-        raise UserError(f"--load-dir '{load_dir}' does not exist; pass the nerfstudio_models folder of an ed-nerf run")
+        raise ArgumentError(
+            f"--load-dir '{load_dir}' does not exist; pass the nerfstudio_models folder of an ed-nerf run"
+        )
     steps = sorted(int(m.group(1)) for f in load_dir.iterdir() if (m := _STEP.match(f.name)))
     if not steps:
         raise UserError(f"--load-dir '{load_dir}' holds no step-*.ckpt checkpoint; did that training run save one?")
     step = steps[-1] if load_step is None else load_step
     if step not in steps:
-        raise UserError(f"--load-step {load_step} is not in '{load_dir}' (it has steps {steps})")
+        raise ArgumentError(f"--load-step {load_step} is not in '{load_dir}' (it has steps {steps})")
     return load_dir / f"step-{step:09d}.ckpt", step
 
 
@@ -100,3 +103,24 @@ def load_verified(module: nn.Module, state: dict[str, torch.Tensor], what: str) 
             hint = " - the runs use different field implementations (tcnn vs torch)"
         raise UserError(f"{what} does not fit this model: {'; '.join(parts)}{hint}")
     module.load_state_dict(state, strict=True)
+
+
+def save_atomic(state: dict, path: Path) -> None:
+    """torch.save `state` to `path` so that a full disk, a crash or a kill never leaves a truncated checkpoint.
+
+    The bytes go to a hidden temporary file on the same disk, are flushed to it, and the file is renamed to `path`
+    (os.replace: atomic). The temporary file sits one folder up, in the run folder, not next to the checkpoints:
+    nerfstudio's ns-eval / ns-render parse the name of every file in nerfstudio_models, so one left behind by a
+    kill there would break them. On failure the temporary file is removed and the exception propagates.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent.parent / f".{path.name}.partial-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as file:
+            torch.save(state, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -165,11 +165,7 @@ def merge_source_config(cli: EdNerfEditPipelineConfig, source: SourceRun, defaul
     for name in stage1_fields:
         if getattr(cli.model, name) == getattr(defaults.model, name) and hasattr(src_pipeline.model, name):
             setattr(merged.model, name, copy.deepcopy(getattr(src_pipeline.model, name)))
-    if merged.model.diffusion_model != src_pipeline.model.diffusion_model:
-        warn(
-            f"editing with diffusion model '{merged.model.diffusion_model}' but the source run was trained with "
-            f"'{src_pipeline.model.diffusion_model}': their VAEs must share one latent space"
-        )
+    # (a --pipeline.model.diffusion-model other than the source run's was refused by ednerf_ns.validate)
     src_dm = src_pipeline.datamanager
     if isinstance(src_dm, LatentDatamanagerConfig):
         dm = copy.deepcopy(src_dm)
