@@ -169,10 +169,8 @@ class EdNerfTrainer(Trainer):
         try:
             save_atomic(state, path)
         except Exception as exc:
-            what = f"could not save checkpoint '{path}'"
-            line = os_error_line(exc, what, name_file=False) if isinstance(exc, OSError) else save_error_line(exc, what)
-            kept = f"the earlier checkpoints are kept (latest: {self._latest_checkpoint()})"
-            raise UserError(f"{line} ({kept})") from exc
+            kept = f"the earlier checkpoints are kept, latest: {self._latest_checkpoint()}"
+            raise UserError(save_error_line(exc, f"could not save checkpoint '{path}'", kept)) from exc
         if self.config.save_only_latest_checkpoint:
             for old in self.checkpoint_dir.glob("step-*.ckpt"):
                 if old != path:
@@ -310,12 +308,17 @@ class EdNerfEditTrainer(EdNerfTrainer):
         CONSOLE.print("Edit starts at step 0 with fresh optimizers.")
 
 
-def save_error_line(exc: BaseException, what: str) -> str:
-    """torch.save reports a failed write (full disk, file too large) as a RuntimeError from its C++ writer."""
-    reason = first_line(exc, 160)
-    if "write" in reason.lower() or "unexpected pos" in reason:
-        return f"{what}: writing failed ({reason}); free some disk space or pass another --output-dir"
-    return f"{what}: {reason}; check the disk and the output folder"
+def save_error_line(exc: BaseException, what: str, note: str) -> str:
+    """One line for a failed write. torch.save reports the OSError of a full disk (or a file-size limit) as a
+    RuntimeError from its C++ writer, with the OSError as the context: name that."""
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, OSError):
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(cause, OSError):
+        line = os_error_line(cause, what, name_file=False)
+        head, _, hint = line.partition("; ")
+        return f"{head} ({note}); {hint}"
+    return f"{what}: {first_line(exc, 160)} ({note}); check the disk and the output folder"
 
 
 def loss_and_backward(model, outputs: dict, batch: dict) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:

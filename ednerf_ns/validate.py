@@ -32,10 +32,9 @@ def check_range(value, flag: str, *, low=None, high=None, low_open=False, high_o
     """Refuse a non-finite `value` or one outside [low, high] (open ends where asked), naming `flag`."""
     if value is None:
         return
-    bounds = (
-        ("(" if low_open else "[") + (f"{low:g}" if low is not None else "-inf") + ", "
-        + (f"{high:g}" if high is not None else "inf") + (")" if high_open else "]")
-    )  # fmt: skip
+    left = f"({low:g}" if low_open else f"[{low:g}" if low is not None else "(-inf"
+    right = f"{high:g})" if high_open else f"{high:g}]" if high is not None else "inf)"
+    bounds = f"{left}, {right}"
     bad = not math.isfinite(float(value))
     bad = bad or (low is not None and (value <= low if low_open else value < low))
     bad = bad or (high is not None and (value >= high if high_open else value > high))
