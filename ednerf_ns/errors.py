@@ -79,12 +79,19 @@ def os_error_line(exc: OSError, what: str, name_file: bool = True) -> str:
 
 
 @contextmanager
-def one_line_errors() -> Iterator[None]:
+def one_line_errors(interrupt: bool = False) -> Iterator[None]:
     """Around the outermost call of a command: a UserError prints its one line and exits with its status; an
     OSError (full disk, no permission), running out of memory, and any other exception become one such line too
-    (`EDNERF_TRACEBACK=1` shows the traceback of the last kind, which is a bug or an input not checked yet)."""
+    (`EDNERF_TRACEBACK=1` shows the traceback of the last kind, which is a bug or an input not checked yet).
+    With `interrupt`, Ctrl-C prints one line and exits with status 130 (the trainer handles it itself)."""
     try:
         yield
+    except KeyboardInterrupt:
+        if not interrupt:
+            raise
+        message = "interrupted (Ctrl-C); the files written so far are complete, nothing else was written"
+        print(f"{command()}: {message}", file=sys.stderr, flush=True)
+        raise Interrupted(message) from None
     except UserError as exc:
         _exit_with(exc)
     except MemoryError as exc:  # torch.cuda.OutOfMemoryError is not one: see below
