@@ -61,8 +61,8 @@ def parse_scene_prompt(prompt: str):
     floor = next((f for f in FLOORS if f in " ".join(words)), FLOORS[0])
     if color is None or shape is None:
         raise ArgumentError(
-            f"--source-prompt '{prompt}' must describe a demo scene: 'a <colour> <shape> on a <floor>' with a colour "
-            f"in {', '.join(COLOR_NAMES)} and a shape in {', '.join(SHAPES)}"
+            f"--source-prompt '{prompt}' must describe a demo scene; pass 'a <colour> <shape> on a <floor>' with a "
+            f"colour in {', '.join(COLOR_NAMES)} and a shape in {', '.join(SHAPES)}"
         )
     size = {"sphere": 0.55, "cube": 0.45, "cylinder": 0.45}[shape]
     return SceneSpec(objects=[ObjectSpec(shape, color, size=size, height=1.0)], floor=floor)
