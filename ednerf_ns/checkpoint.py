@@ -55,10 +55,11 @@ def read_checkpoint(path: Path) -> dict:
     except Exception as exc:
         reason = first_line(exc, 200)
         raise UserError(
-            f"could not read checkpoint '{path}': {reason}; the file is damaged: pass another --load-step or train again"
+            f"could not read checkpoint '{path}': {reason}; the file is damaged: pass another --load-step or train "
+            "again"
         ) from None
     if not isinstance(state, dict) or "pipeline" not in state:
-        raise UserError(f"'{path}' is not a nerfstudio checkpoint (no 'pipeline' state); pass an ed-nerf run's checkpoint")
+        raise UserError(f"'{path}' is not a nerfstudio checkpoint (no 'pipeline' state); pass an ed-nerf run's")
     return state
 
 
