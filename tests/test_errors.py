@@ -102,7 +102,7 @@ def datasets(tmp_path_factory, scene) -> dict[str, Path]:
     frames[3]["file_path"] = "images/frame_00003.tif"
     Image.fromarray(np.random.rand(64, 64).astype(np.float32)).save(data / "images" / "frame_00003.tif")
     _write_json(data / "transforms.json", {**meta, "frames": frames})
-    mask = variant("rgb_mask") / "masks" / "frame_00000.png"
+    mask = variant("rgb_mask") / "masks" / "frame_00001.png"
     Image.open(mask).convert("RGB").save(mask)
     out["other_scene"] = make_scene(root / "other_scene", seed=1, views=12)
     return out
@@ -141,7 +141,7 @@ def _cases(d: dict[str, Path], tiny_sd: Path, run: Path, tmp: Path, cache: Path)
         Case("float_image", [*train, "--data", str(d["float_image"])], "ed-nerf", 1,
              ("frame_00003.tif", "pixel mode F", "8-bit RGB")),
         Case("rgb_mask", [*train, "--data", str(d["rgb_mask"])], "ed-nerf", 1,
-             ("mask", "frame_00000.png", "single-channel")),
+             ("mask", "frame_00001.png", "single-channel")),
         # ns-train ed-nerf: options and the output folder
         Case("zero_steps", [*train, *good, "--max-num-iterations", "0"], "ed-nerf", 2,
              ("--max-num-iterations 0", ">= 1")),
@@ -200,6 +200,9 @@ def refused(datasets, tiny_sd, trained_run, tmp_path_factory, cache_dir) -> dict
     for case, result in zip(cases, results, strict=True):
         case.result = result
     assert [tree_hashes(p) for p in watched] == before
+    if os.environ.get("EDNERF_ERRORS_DUMP"):  # the lines quoted in docs/errors.md
+        lines = {c.name: (c.result.returncode, c.result.stderr.strip().splitlines()[-1:]) for c in cases}
+        Path(os.environ["EDNERF_ERRORS_DUMP"]).write_text(json.dumps(lines, indent=1))
     return {c.name: c for c in cases}
 
 
