@@ -44,7 +44,7 @@ def find_checkpoint(load_dir: Path, load_step: int | None) -> tuple[Path, int]:
         raise UserError(f"--load-dir '{load_dir}' holds no step-*.ckpt checkpoint; did that training run save one?")
     step = steps[-1] if load_step is None else load_step
     if step not in steps:
-        raise ArgumentError(f"--load-step {load_step} is not in '{load_dir}' (it has steps {steps})")
+        raise ArgumentError(f"--load-step {load_step} is not in '{load_dir}' (it has steps {steps}); pass one of them")
     return load_dir / f"step-{step:09d}.ckpt", step
 
 
@@ -74,7 +74,7 @@ def locate_source_run(load_dir: Path, load_step: int | None) -> SourceRun:
     try:
         config = yaml.load(config_path.read_text(), Loader=yaml.Loader)
     except Exception as exc:
-        raise UserError(f"could not read '{config_path}': {first_line(exc, 200)}") from None
+        raise UserError(f"could not read '{config_path}': {first_line(exc, 200)}; is that run complete?") from None
     method = getattr(config, "method_name", None)
     if method not in ED_NERF_METHODS:
         raise UserError(

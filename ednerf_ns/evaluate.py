@@ -282,7 +282,7 @@ class ClipScorer:
             else:  # transformers' hub messages run to several sentences; say what happened in a few words
                 reason = "not a local folder, and not a hub id this machine can load (offline, or misspelled?)"
             raise UserError(
-                f"could not load the CLIP model '{model}': {reason}. Pass --clip-model <local folder with a "
+                f"could not load the CLIP model '{model}': {reason}; pass --clip-model <local folder with a "
                 f"transformers CLIPModel and CLIPProcessor> (or a reachable hub id), or --no-clip to skip the CLIP "
                 f"metrics"
             ) from None
@@ -366,7 +366,7 @@ def check_same_scene(source_pipeline, edited_pipeline, split: str, source_path: 
     if len(a) != len(b):
         raise UserError(
             f"'{source_path}' and '{edited_path}' are not runs of the same scene: {len(a)} vs {len(b)} {split} "
-            f"views {where}"
+            f"views {where}; pass --edited an edit of --source"
         )
     same = torch.allclose(a.camera_to_worlds, b.camera_to_worlds, atol=1e-4) and all(
         torch.allclose(getattr(a, k).float(), getattr(b, k).float(), atol=1e-3)
@@ -374,7 +374,8 @@ def check_same_scene(source_pipeline, edited_pipeline, split: str, source_path: 
     )
     if not same:
         raise UserError(
-            f"'{source_path}' and '{edited_path}' are not runs of the same scene: their {split} cameras differ {where}"
+            f"'{source_path}' and '{edited_path}' are not runs of the same scene: their {split} cameras differ "
+            f"{where}; pass --edited an edit of --source"
         )
 
 

@@ -100,7 +100,9 @@ def check_edit_options(model) -> None:
     if not (model.prompt or "").strip():
         raise ArgumentError('the target prompt is empty; pass --prompt "what the edited scene should show"')
     if model.mask_source == "prompt" and not (model.mask_prompt or "").strip():
-        raise ArgumentError("--pipeline.model.mask-source prompt needs --pipeline.model.mask-prompt 'the region'")
+        raise ArgumentError(
+            "--pipeline.model.mask-source prompt without a mask prompt; pass --pipeline.model.mask-prompt 'the region'"
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------- images
