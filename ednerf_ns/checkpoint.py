@@ -32,16 +32,19 @@ class SourceRun:
     config: object
 
 
-def find_checkpoint(load_dir: Path, load_step: int | None) -> tuple[Path, int]:
-    """The newest (or `load_step`) `step-*.ckpt` in `load_dir`."""
+def find_checkpoint(load_dir: Path, load_step: int | None, flag: str | None = None) -> tuple[Path, int]:
+    """The newest (or `load_step`) `step-*.ckpt` in `load_dir` (`--load-dir`, or the run named by `flag`)."""
     load_dir = Path(load_dir).expanduser()
     if not load_dir.is_dir():
         raise ArgumentError(
             f"--load-dir '{load_dir}' does not exist; pass the nerfstudio_models folder of an ed-nerf run"
         )
     steps = sorted(int(m.group(1)) for f in load_dir.iterdir() if (m := _STEP.match(f.name)))
+    if not steps and (load_dir / "nerfstudio_models").is_dir():
+        raise ArgumentError(f"--load-dir '{load_dir}' is a run folder; pass '{load_dir / 'nerfstudio_models'}'")
     if not steps:
-        raise UserError(f"--load-dir '{load_dir}' holds no step-*.ckpt checkpoint; did that training run save one?")
+        where = "--load-dir" if flag is None else f"the run of {flag}: its folder"
+        raise UserError(f"{where} '{load_dir}' holds no step-*.ckpt checkpoint; did that training run save one?")
     step = steps[-1] if load_step is None else load_step
     if step not in steps:
         raise ArgumentError(f"--load-step {load_step} is not in '{load_dir}' (it has steps {steps}); pass one of them")

@@ -123,7 +123,7 @@ def check_run(path: Path, flag: str | None = None, with_data: bool = True) -> tu
     models = file.parent / "nerfstudio_models"
     if not models.is_dir():
         raise UserError(f"run '{file.parent}' has no nerfstudio_models folder; did its training save a checkpoint?")
-    checkpoint, _ = find_checkpoint(models, None)
+    checkpoint, _ = find_checkpoint(models, None, flag or f"'{file}'")
     if with_data:
         check_dataset(config.pipeline.datamanager)  # type: ignore[attr-defined]
     return file, config, checkpoint

@@ -52,8 +52,21 @@ TRAINER_COUNTS = ("max_num_iterations", "steps_per_save", "steps_per_eval_batch"
                   "steps_per_eval_all_images", "max_bad_steps")  # fmt: skip
 
 
+def check_device(device_type: str, flag: str = "--machine.device-type") -> None:
+    """nerfstudio trains on CUDA by default: on a machine without it, say so instead of torch's traceback."""
+    import torch
+
+    if device_type == "cuda" and not torch.cuda.is_available():
+        raise ArgumentError(f"{flag} cuda, but this machine has no usable CUDA GPU; pass {flag} cpu")
+    if device_type == "mps" and not torch.backends.mps.is_available():
+        raise ArgumentError(f"{flag} mps, but MPS is not available here; pass {flag} cpu")
+
+
 def check_options(config) -> None:
     """Ranges of the numeric options of an ed-nerf / ed-nerf-edit trainer config (before anything is built)."""
+    check_device(config.machine.device_type)
+    if getattr(config.pipeline.model, "predict_normals", False):
+        raise ArgumentError("--pipeline.model.predict-normals is not supported by ed-nerf; leave it off")
     for name in TRAINER_COUNTS:
         if hasattr(config, name):
             check_range(getattr(config, name), _flag(name, ""), low=1, hint="pass a whole number >= 1")
@@ -241,8 +254,16 @@ def check_dataset(datamanager_config, flag: str = "--data") -> None:
             f"{len(missing)} of {len(frames)} frames in '{file}' name images that do not exist (e.g. '{missing[0]}'); "
             "restore the images or remove their frames"
         )
-    for image, mask in frames:
+    parser = datamanager_config.dataparser
+    exact = parser.downscale_factor in (None, 1)  # nerfstudio may pick a downscaled copy of big images
+    for (image, mask), frame in zip(frames, meta["frames"], strict=True):
         size = _check_image(image, "image")
+        camera = (int(frame.get("w", meta.get("w"))), int(frame.get("h", meta.get("h"))))
+        if exact and max(size) <= 1600 and size != camera:
+            raise UserError(
+                f"image '{image}' is {size[0]}x{size[1]} but its camera in '{file}' says {camera[0]}x{camera[1]}; "
+                "fix w/h in transforms.json or resize the image"
+            )
         if mask is not None:
             if not mask.is_file():
                 raise UserError(f"mask '{mask}' of image '{image}' does not exist; restore it or remove its mask_path")

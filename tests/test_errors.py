@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from conftest import make_scene, tree_hashes
 from PIL import Image
@@ -102,6 +103,7 @@ def datasets(tmp_path_factory, scene) -> dict[str, Path]:
     frames[3]["file_path"] = "images/frame_00003.tif"
     Image.fromarray(np.random.rand(64, 64).astype(np.float32)).save(data / "images" / "frame_00003.tif")
     _write_json(data / "transforms.json", {**meta, "frames": frames})
+    Image.new("RGB", (40, 30)).save(variant("resized_image") / "images" / "frame_00002.png")
     mask = variant("rgb_mask") / "masks" / "frame_00001.png"
     Image.open(mask).convert("RGB").save(mask)
     out["other_scene"] = make_scene(root / "other_scene", seed=1, views=12)
@@ -165,6 +167,12 @@ def _cases(d: dict[str, Path], tiny_sd: Path, run: Path, tmp: Path, cache: Path)
         Case("empty_prompt", [*edit, "--prompt", " "], "ed-nerf-edit", 2, ("target prompt is empty", "--prompt")),
         Case("load_dir_missing", [*TRAIN, "ed-nerf-edit", *COMMON, *prompt, "--load-dir", str(tmp / "nowhere")],
              "ed-nerf-edit", 2, ("--load-dir", "does not exist")),
+        Case("load_dir_is_run_folder", [*TRAIN, "ed-nerf-edit", *COMMON, *prompt, "--load-dir", str(run)],
+             "ed-nerf-edit", 2, ("is a run folder", "nerfstudio_models")),
+        Case("cuda_without_gpu", [*train, *good, "--machine.device-type", "cuda"], "ed-nerf", 2,
+             ("no usable CUDA GPU", "--machine.device-type cpu")),
+        Case("image_size_not_camera", [*train, "--data", str(d["resized_image"])], "ed-nerf", 1,
+             ("frame_00002.png' is 40x30 but its camera", "64x64")),
         Case("other_diffusion_model", [*edit, *prompt, "--pipeline.model.diffusion-model",
                                        str(REPO / "ednerf_ns" / "demo" / "weights")],
              "ed-nerf-edit", 1, ("trained with diffusion model", str(tiny_sd), "demo/weights")),
@@ -179,7 +187,7 @@ def _cases(d: dict[str, Path], tiny_sd: Path, run: Path, tmp: Path, cache: Path)
         Case("eval_max_views", [*evaluate, "--source", str(run), "--edited", str(run), "--max-views", "0"],
              "ednerf-eval", 2, ("--max-views 0",)),
         Case("eval_run_without_checkpoint", [*evaluate, "--source", str(broken_run), "--edited", str(run)],
-             "ednerf-eval", 1, ("no step-*.ckpt",)),
+             "ednerf-eval", 1, ("the run of --source", "no step-*.ckpt")),
         Case("demo_too_few_views", [*demo, "--views", "3"], "ednerf-demo", 2, ("--views 3", "9 or more")),
         Case("demo_unknown_scene", [*demo, "--source-prompt", "a house"], "ednerf-demo", 2,
              ("--source-prompt 'a house'",)),
@@ -210,7 +218,8 @@ CASE_NAMES = [
     "dataset_missing", "empty_frames", "malformed_json", "frame_without_pose", "missing_image", "truncated_image",
     "float_image", "rgb_mask", "zero_steps", "negative_weight", "zero_learning_rate", "output_dir_under_a_file",
     "negative_guidance", "inverted_t_range", "t_max_one", "mask_threshold", "negative_dilation", "empty_prompt",
-    "load_dir_missing", "other_diffusion_model", "other_cameras", "truncated_source_checkpoint",
+    "load_dir_missing", "load_dir_is_run_folder", "cuda_without_gpu", "image_size_not_camera",
+    "other_diffusion_model", "other_cameras", "truncated_source_checkpoint",
     "eval_edited_missing", "eval_max_views", "eval_run_without_checkpoint", "demo_too_few_views",
     "demo_unknown_scene", "compare_one_frame",
 ]  # fmt: skip
@@ -218,6 +227,8 @@ CASE_NAMES = [
 
 @pytest.mark.parametrize("name", CASE_NAMES)
 def test_refused_in_one_line(refused, name):
+    if name == "cuda_without_gpu" and torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
     case = refused[name]
     line = error_line(case.result, case.command, case.status)
     for fragment in case.fragments:
