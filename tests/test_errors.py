@@ -38,10 +38,13 @@ def cli_env(cache: Path) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path, "HF_HUB_OFFLINE": "1", "XDG_CACHE_HOME": str(cache), "COLUMNS": "200"}
 
 
-def run_cli(args: list[str], cache: Path, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
+def run_cli(
+    args: list[str], cache: Path, timeout: float = 600, env: dict[str, str] | None = None, **kwargs
+) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, *args], capture_output=True, text=True, timeout=timeout, env=cli_env(cache), **kwargs
-    )
+        [sys.executable, *args], capture_output=True, text=True, timeout=timeout, env={**cli_env(cache), **(env or {})},
+        **kwargs,
+    )  # fmt: skip
 
 
 def error_line(result: subprocess.CompletedProcess, command: str, status: int) -> str:
