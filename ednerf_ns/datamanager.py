@@ -225,6 +225,8 @@ def check_dataset_path(config: LatentDatamanagerConfig) -> None:
         return
     if not data.exists():
         raise ArgumentError(f"dataset '{data}' does not exist; pass --data <folder with transforms.json and images>")
+    if data.is_file() and data.suffix != ".json":
+        raise ArgumentError(f"dataset '{data}' is a file; pass --data <folder with transforms.json and images>")
     if isinstance(config.dataparser, NerfstudioDataParserConfig) and data.is_dir():
         if not (data / "transforms.json").is_file():
             raise UserError(

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from ednerf_ns.checkpoint import find_checkpoint, load_verified, read_checkpoint, save_atomic
 from ednerf_ns.errors import (
+    ArgumentError,
     Interrupted,
     UserError,
     check_writable_folder,
@@ -49,6 +50,10 @@ class EdNerfTrainerConfig(TrainerConfig):
         from ednerf_ns.validate import check_dataset, check_options
 
         check_options(self)
+        if self.load_dir is not None:  # resuming (or, for an edit, the source run): a checkpoint must be there
+            find_checkpoint(self.load_dir, self.load_step)
+        if self.load_checkpoint is not None and not Path(self.load_checkpoint).expanduser().is_file():
+            raise ArgumentError(f"--load-checkpoint '{self.load_checkpoint}' does not exist; pass a step-*.ckpt file")
         check_dataset(self.pipeline.datamanager)
         check_writable_folder(self.output_dir, "--output-dir")
 
@@ -143,7 +148,10 @@ class EdNerfTrainer(Trainer):
         if step is None or getattr(self, "pipeline", None) is None:
             line = "interrupted before the first training step; nothing was saved"
         elif not all_finite(self.pipeline.model):
-            line = f"interrupted at step {step}; not saved (the model is not finite); {self._latest_checkpoint()}"
+            line = (
+                f"interrupted after step {step}; not saved: the model is no longer finite (last good checkpoint: "
+                f"{self._latest_checkpoint()}); lower the learning rates and train again"
+            )
         else:
             path = self.save_checkpoint(step, check=False)
             line = f"interrupted after step {step}; saved '{path}'; {self.resume_hint()}"
@@ -260,7 +268,6 @@ class EdNerfEditTrainerConfig(EdNerfTrainerConfig):
 
     def validate(self) -> None:
         from ednerf_ns.checkpoint import locate_source_run
-        from ednerf_ns.errors import ArgumentError
         from ednerf_ns.validate import check_same_cameras, check_same_diffusion_model
 
         if not (self.pipeline.model.prompt or "").strip():
