@@ -6,8 +6,12 @@ over the scene background, resize so both sides are multiples of 8 (and the long
 the latent on disk, keyed by the exact encoder input and the VAE's weights. Dataset masks are resized alongside
 and area-averaged to latent resolution.
 
+Images are read one at a time through nerfstudio's dataset (`get_data`, uint8) and undistortion
+(`_undistort_image`), then resized at once, so a capture of hundreds of 4k photos never sits in memory at full
+resolution. The dataparser is never allowed to write into the dataset (see `no_dataset_writes`).
+
 Every batch is one whole view: `(camera at image resolution, data)` with
-- `image`  [H, W, 3] float in [0, 1] (the resized, composited image),
+- `image`  [H, W, 3] uint8 on the CPU (the resized, composited image; no loss reads it: `image_float` for metrics),
 - `latent` [4, H/8, W/8] float (the encoded target),
 - `latent_mask` [1, H/8, W/8] float in [0, 1] (only if the dataset has masks),
 - `mask` [H, W, 1] bool (only if the dataset has masks).
@@ -16,9 +20,12 @@ Cameras stay at image resolution everywhere (viewer, eval, render); the model di
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -30,11 +37,13 @@ from nerfstudio.data.datamanagers.full_images_datamanager import (
     FullImageDatamanagerConfig,
     _undistort_image,
 )
+from nerfstudio.data.dataparsers.colmap_dataparser import ColmapDataParserConfig
 from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
 from nerfstudio.data.datasets.base_dataset import InputDataset
 from nerfstudio.utils.rich_utils import CONSOLE
 from PIL import Image
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.prompt import Confirm
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
@@ -67,7 +76,8 @@ class LatentDatamanagerConfig(FullImageDatamanagerConfig):
     encode_batch_size: int = 8
     """Images per VAE encoder call."""
     cache_images: Literal["cpu", "gpu"] = "gpu"
-    """Keep images and latents on the training device ("gpu", which means the CPU on a CPU run) or in CPU memory."""
+    """Keep the latent targets (and latent masks) on the training device ("gpu", which means the CPU on a CPU run) or
+    in CPU memory. Decoded images always stay in CPU memory as uint8 (no loss reads them)."""
 
 
 class LatentInputDataset(InputDataset):
@@ -85,11 +95,13 @@ class LatentDatamanager(FullImageDatamanager[LatentInputDataset]):
 
     def __init__(self, config: LatentDatamanagerConfig, device="cpu", test_mode="val", **kwargs) -> None:
         check_dataset_path(config)
+        prepare_colmap_parser(config)
         self._diffusion: LatentDiffusion | None = None
         self.cache_stats: dict[str, tuple[int, int]] = {}
         """Per split: (latents read from the cache, latents encoded)."""
         try:
-            super().__init__(config, device=device, test_mode=test_mode, **kwargs)
+            with no_dataset_writes(config_data_path(config)):
+                super().__init__(config, device=device, test_mode=test_mode, **kwargs)
         except (AssertionError, KeyError, ValueError, RuntimeError, FileNotFoundError, json.JSONDecodeError) as exc:
             raise UserError(describe_dataset_error(config_data_path(config), exc)) from None
 
@@ -100,13 +112,20 @@ class LatentDatamanager(FullImageDatamanager[LatentInputDataset]):
     # ------------------------------------------------------------------ loading
     def _load_images(self, split: Literal["train", "eval"], cache_images_device: Literal["cpu", "gpu"]) -> list[dict]:
         dataset = self.train_dataset if split == "train" else self.eval_dataset
-        items = [self._load_view(dataset, idx) for idx in range(len(dataset))]
+        cams = dataset.cameras
+        if cams.distortion_params is not None:
+            # nerfstudio's dataparsers share one distortion row between all cameras (an expanded tensor): zeroing
+            # it for the first undistorted view would zero it for every view, which would then stay distorted.
+            cams.distortion_params = cams.distortion_params.clone()
+        # One view at a time (decode, undistort, resize): only the resized uint8 image is kept.
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            items = list(pool.map(functools.partial(self._load_view, dataset), range(len(dataset))))
         self._attach_latents(items, split)
         target = self.device if cache_images_device == "gpu" else "cpu"
         for item in items:
-            for key, value in item.items():
-                if isinstance(value, Tensor):
-                    item[key] = value.to(target)
+            for key in ("latent", "latent_mask"):
+                if key in item:
+                    item[key] = item[key].to(target)
         if split == "train":
             self.train_cameras = self.train_dataset.cameras.to(self.device)
         return items
@@ -124,7 +143,7 @@ class LatentDatamanager(FullImageDatamanager[LatentInputDataset]):
                     f"image '{filename}' is {size[0]}x{size[1]} but its camera says {width}x{height}; "
                     f"fix w/h in the dataset's camera parameters"
                 )
-            data = dataset.get_data(idx, image_type="float32")
+            data = dataset.get_data(idx, image_type="uint8")
         except UserError:
             raise
         except Exception as exc:  # PIL and nerfstudio raise many kinds for a broken file
@@ -147,12 +166,12 @@ class LatentDatamanager(FullImageDatamanager[LatentInputDataset]):
             dataset.cameras.distortion_params[idx] = 0.0
         else:
             fx, fy, cx, cy = (float(v) for v in (camera.fx, camera.fy, camera.cx, camera.cy))
-        image = data["image"]
+        image = image_float(data["image"])
         if image.shape[-1] == 4:  # RGBA that the dataparser did not composite
             image = image[..., :3] * image[..., 3:] + torch.tensor(self.config.background_color) * (1 - image[..., 3:])
         src_h, src_w = image.shape[:2]
         new_h, new_w = target_size(src_h, src_w, self.config.max_image_size)
-        data["image"] = resize_image(image, new_h, new_w)
+        data["image"] = (resize_image(image, new_h, new_w) * 255.0).round().to(torch.uint8)
         if "mask" in data:
             data["mask"] = resize_mask(data["mask"], new_h, new_w)
         # Keep the camera consistent with the resized image: intrinsics scale with each axis.
@@ -191,7 +210,7 @@ class LatentDatamanager(FullImageDatamanager[LatentInputDataset]):
                 for indices in groups.values():
                     for start in range(0, len(indices), max(1, self.config.encode_batch_size)):
                         chunk = indices[start : start + self.config.encode_batch_size]
-                        batch = torch.stack([items[i]["image"] for i in chunk]).permute(0, 3, 1, 2)
+                        batch = image_float(torch.stack([items[i]["image"] for i in chunk])).permute(0, 3, 1, 2)
                         latents = diffusion.encode(batch).cpu()
                         for i, latent in zip(chunk, latents, strict=True):
                             items[i]["latent"] = latent.clone()
@@ -205,11 +224,95 @@ class LatentDatamanager(FullImageDatamanager[LatentInputDataset]):
             if "mask" in item:
                 item["latent_mask"] = downsample_mask(item["mask"])
 
+    def training_image_size(self) -> int:
+        """The longest side (pixels) of the images the NeRF is trained on: the dataset's cameras resized as
+        `_load_view` resizes them. Read from the cameras, so it needs no image (ns-render, ns-viewer)."""
+        cams = self.train_dataset.cameras
+        sizes = {(int(h), int(w)) for h, w in zip(cams.height.flatten(), cams.width.flatten(), strict=True)}
+        return max(max(target_size(h, w, self.config.max_image_size)) for h, w in sizes)
+
     # ------------------------------------------------------------------ nerfstudio hooks
+    def next_train(self, step: int):
+        """nerfstudio's next view, with its image left in CPU memory: nerfstudio copies it to the device every step,
+        but no training loss reads it, and a copy from pageable CPU memory makes the host wait for the GPU."""
+        view = self.cached_train[self.train_unseen_cameras[0]]  # the view nerfstudio serves next
+        image = view["image"]
+        view["image"] = torch.empty(0, dtype=image.dtype, device=self.device)  # its copy to the device: a no-op
+        try:
+            camera, data = super().next_train(step)
+        finally:
+            view["image"] = image
+        data["image"] = image
+        return camera, data
+
     def get_train_rays_per_batch(self) -> int:
         """Rays per step: the latent view, 1/64 of the image's pixels."""
         h, w = self.cached_train[0]["latent"].shape[-2:]
         return int(h * w)
+
+
+def image_float(image: Tensor) -> Tensor:
+    """An image as float in [0, 1] (cached images are uint8)."""
+    return image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
+
+
+@contextlib.contextmanager
+def no_dataset_writes(data: Path | None):
+    """nerfstudio's dataparsers may ask (rich's Confirm) to write into the dataset: downscaled images_N folders
+    (colmap), a point cloud and an updated transforms.json (nerfstudio). The user's dataset is only ever read: refuse
+    in one line instead of asking."""
+    original = Confirm.ask
+
+    def refuse(prompt="", *args, **kwargs):
+        question = " ".join(str(prompt).split())[:160]
+        hint = ""
+        if "downscale" in question:
+            hint = (
+                "; pass --pipeline.datamanager.dataparser.downscale-factor 1 (ed-nerf resizes images itself) or "
+                "create the images_N folder yourself"
+            )
+        elif "3D" in question:
+            hint = "; pass --pipeline.datamanager.dataparser.load-3D-points False"
+        raise UserError(
+            f"the dataparser wants to modify the dataset at '{data}' ({question}); ed-nerf never does{hint}"
+        )
+
+    Confirm.ask = refuse  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        Confirm.ask = original  # type: ignore[method-assign]
+
+
+def prepare_colmap_parser(config: LatentDatamanagerConfig) -> None:
+    """Colmap captures: find `sparse/0` when the default `colmap/sparse/0` is absent, and when no downscale factor
+    is given, use the smallest existing images_N folder that still holds at least `max_image_size` pixels (else the
+    full images) - never nerfstudio's automatic choice, which offers to write images_N into the dataset."""
+    parser = config.dataparser
+    data = config_data_path(config)
+    if not isinstance(parser, ColmapDataParserConfig) or data is None or not Path(data).is_dir():
+        return
+    data = Path(data)
+    if not (data / parser.colmap_path).exists() and (data / "sparse" / "0").is_dir():
+        parser.colmap_path = Path("sparse/0")
+    if parser.downscale_factor is not None:
+        folder = data / f"{parser.images_path}_{parser.downscale_factor}"
+        if parser.downscale_factor > 1 and not folder.is_dir():
+            raise UserError(
+                f"--pipeline.datamanager.dataparser.downscale-factor {parser.downscale_factor}, but '{folder}' does "
+                f"not exist; ed-nerf never writes into the dataset: create it, or pass downscale-factor 1"
+            )
+        return
+    images = sorted(p for p in (data / parser.images_path).glob("*") if p.is_file())
+    factor = 1
+    if images:
+        with Image.open(images[0]) as first:
+            longest = max(first.size)
+        for candidate in (2, 4, 8):
+            if (data / f"{parser.images_path}_{candidate}").is_dir() and longest / candidate >= config.max_image_size:
+                factor = candidate
+    parser.downscale_factor = factor
+    CONSOLE.log(f"Colmap images: downscale factor {factor} ({parser.images_path}{'' if factor == 1 else f'_{factor}'})")
 
 
 def config_data_path(config: LatentDatamanagerConfig) -> Path | None:
@@ -284,8 +387,8 @@ def downsample_mask(mask: Tensor) -> Tensor:
 def latent_cache_key(image: Tensor, vae_fingerprint: str) -> str:
     """Exact encoder input (pixels + resolution) and the VAE's weights."""
     digest = hashlib.sha256()
-    digest.update(f"{vae_fingerprint}:{tuple(image.shape)}".encode())
-    digest.update(image.detach().cpu().float().contiguous().numpy().tobytes())
+    digest.update(f"{vae_fingerprint}:{tuple(image.shape)}:{image.dtype}".encode())
+    digest.update(image.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:32]
 
 

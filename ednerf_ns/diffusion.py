@@ -29,6 +29,8 @@ DtypeName = Literal["auto", "float16", "bfloat16", "float32"]
 # Hub ids that disappeared: point users at the live copy instead of a bare "not found".
 _MOVED_IDS = {"runwayml/stable-diffusion-v1-5": DEFAULT_MODEL}
 TILED_DECODE_ABOVE = 96 * 96  # latent pixels (a 768 x 768 image)
+ENCODE_TILE = 512  # pixels: larger images are VAE-encoded in tiles of this size (SD's working size)
+ENCODE_TILE_OVERLAP = 64  # pixels shared by neighbouring tiles, blended linearly
 _PART_CLASSES = {
     "vae": ("diffusers", "AutoencoderKL"),
     "unet": ("diffusers", "UNet2DConditionModel"),
@@ -94,7 +96,7 @@ class LatentDiffusion:
                 if part in ("scheduler", "tokenizer"):
                     obj = cls.from_pretrained(source, subfolder=part)
                 else:
-                    obj = cls.from_pretrained(source, subfolder=part, torch_dtype=self.dtype)
+                    obj = self._load_weights(cls, source, part)
                     obj.requires_grad_(False)
                     obj.eval()
                     obj.to(self.device)
@@ -112,6 +114,18 @@ class LatentDiffusion:
                 ) from None
             self._parts[part] = obj
             return obj
+
+    def _load_weights(self, cls, source: str, part: str):
+        """from_pretrained, also for a snapshot that holds only the fp16 variant files (`*.fp16.safetensors`, what
+        `variant="fp16"` downloads), which diffusers/transformers do not pick by themselves."""
+        variant = weights_variant(Path(source) / part) if looks_like_path(source) else None
+        try:
+            return cls.from_pretrained(source, subfolder=part, torch_dtype=self.dtype, variant=variant)
+        except (OSError, ValueError):
+            if variant is not None or looks_like_path(source):
+                raise
+            # a hub id whose cached snapshot has only the fp16 files
+            return cls.from_pretrained(source, subfolder=part, torch_dtype=self.dtype, variant="fp16")
 
     @property
     def vae(self):
@@ -169,11 +183,37 @@ class LatentDiffusion:
         return float(shift) if shift is not None else 0.0
 
     @torch.no_grad()
-    def encode(self, images: Tensor) -> Tensor:
-        """[B, 3, H, W] in [0, 1] -> latents [B, 4, H/8, W/8] (posterior mean, scaled), float32."""
-        vae = self.vae
+    def encode(self, images: Tensor, tile: int = ENCODE_TILE, overlap: int = ENCODE_TILE_OVERLAP) -> Tensor:
+        """[B, 3, H, W] in [0, 1] -> latents [B, 4, H/8, W/8] (posterior mean, scaled), float32.
+
+        Images with more than tile x tile pixels are encoded in overlapping tiles of that size (the encoder's
+        activations at 1-4k px need many GB), blended linearly across each overlap; tile <= 0 never tiles.
+        """
         x = (images.to(self.device, self.dtype) * 2.0 - 1.0).clamp(-1.0, 1.0)
-        mean = vae.encode(x).latent_dist.mean
+        height, width = x.shape[-2:]
+        if tile <= 0 or height * width <= tile * tile:
+            return self._encode_mean(x)
+        ys, xs = tile_starts(height, tile, overlap), tile_starts(width, tile, overlap)
+        out = weight = None
+        for y in ys:
+            for x0 in xs:
+                part = self._encode_mean(x[..., y : y + tile, x0 : x0 + tile])
+                h, w = part.shape[-2:]
+                ramp = (
+                    blend_ramp(h, y > 0, y + tile < height, overlap // 8)[:, None]
+                    * blend_ramp(w, x0 > 0, x0 + tile < width, overlap // 8)[None, :]
+                )
+                if out is None:
+                    out = part.new_zeros(*part.shape[:2], height // 8, width // 8)
+                    weight = part.new_zeros(height // 8, width // 8)
+                ly, lx = y // 8, x0 // 8
+                out[..., ly : ly + h, lx : lx + w] += part * ramp.to(part)
+                weight[ly : ly + h, lx : lx + w] += ramp.to(part)
+        assert out is not None and weight is not None
+        return (out / weight).contiguous()
+
+    def _encode_mean(self, x: Tensor) -> Tensor:
+        mean = self.vae.encode(x).latent_dist.mean
         return ((mean.float() - self.shift_factor) * self.scaling_factor).contiguous()
 
     @torch.no_grad()
@@ -272,6 +312,38 @@ class LatentDiffusion:
                 f"v_prediction models are supported"
             )
         return out
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+
+
+def weights_variant(folder: Path) -> str | None:
+    """ "fp16" when `folder` holds only fp16 variant weights (e.g. diffusion_pytorch_model.fp16.safetensors,
+    model.fp16.safetensors, sharded or not), else None (the plain files load as usual)."""
+    files = [f.name for f in folder.glob("*") if f.name.endswith(WEIGHT_SUFFIXES) or ".index." in f.name]
+    plain = [f for f in files if ".fp16." not in f]
+    return "fp16" if files and not plain else None
+
+
+def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets (multiples of 8) of tiles of `tile` pixels covering `size`, overlapping by at least `overlap`."""
+    if size <= tile:
+        return [0]
+    stride = max(8, (tile - overlap) // 8 * 8)
+    starts = list(range(0, size - tile, stride))
+    return starts + [(size - tile) // 8 * 8]
+
+
+def blend_ramp(length: int, ramp_start: bool, ramp_end: bool, overlap: int) -> Tensor:
+    """Per-pixel blend weights of one tile along one axis: rising over `overlap` latent pixels at an edge shared
+    with a neighbour tile, 1 elsewhere (never 0, so every pixel has weight)."""
+    weights = torch.ones(length)
+    ramp = (torch.arange(overlap, dtype=torch.float32) + 1) / (overlap + 1)
+    if overlap > 0 and ramp_start:
+        weights[:overlap] = ramp
+    if overlap > 0 and ramp_end:
+        weights[length - overlap :] = ramp.flip(0)
+    return weights
 
 
 def _quiet_hf_logging() -> None:

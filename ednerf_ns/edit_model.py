@@ -52,8 +52,9 @@ class EdNerfEditModelConfig(EdNerfModelConfig):
     """lambda of the masked reconstruction loss lambda * mean(||(1 - M)(z_tgt - z_src)||^2), which keeps what lies
     outside the edit mask. Without a mask (M = 1) it is zero."""
     mask_source: Literal["auto", "dataset", "prompt", "none"] = "auto"
-    """Where the edit mask M comes from: auto = the mask prompt if given, else the dataset's masks if it has
-    them, else none (the whole view is editable)."""
+    """Where the edit mask M comes from: auto = the mask prompt if given, else none (the whole view is editable);
+    dataset = the dataset's masks (mask_path) mark the region to edit - only when asked, because in nerfstudio a
+    dataset mask marks pixels to ignore; prompt = CLIPSeg on --pipeline.model.mask-prompt."""
     mask_prompt: str | None = None
     """Text naming the region to edit (e.g. 'the hat'), segmented with CLIPSeg in every training view."""
     segmentation_model: str = "CIDAS/clipseg-rd64-refined"

@@ -18,7 +18,7 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from nerfstudio.viewer.viewer_elements import ViewerSlider, ViewerText
 
 from ednerf_ns.checkpoint import SourceRun, load_verified, read_checkpoint
-from ednerf_ns.datamanager import LatentDatamanagerConfig, default_cache_dir
+from ednerf_ns.datamanager import LatentDatamanagerConfig, default_cache_dir, image_float
 from ednerf_ns.edit_model import EdNerfEditModel, EdNerfEditModelConfig
 from ednerf_ns.errors import UserError, warn
 from ednerf_ns.model import EdNerfModelConfig
@@ -28,7 +28,7 @@ from ednerf_ns.segmentation import TextSegmenter, binarize
 
 @dataclass
 class EdNerfEditPipelineConfig(EdNerfPipelineConfig):
-    """Edit pipeline; the source run comes from --load-dir."""
+    """Edit pipeline; the source run comes from --source-run (or --load-dir)."""
 
     _target: type = field(default_factory=lambda: EdNerfEditPipeline)
     model: EdNerfEditModelConfig = field(default_factory=EdNerfEditModelConfig)
@@ -36,7 +36,10 @@ class EdNerfEditPipelineConfig(EdNerfPipelineConfig):
     source_checkpoint: Path | None = None
     """Checkpoint of the run being edited. Filled in from --load-dir / --load-step; recorded for provenance."""
     source_config: Path | None = None
-    """config.yml of the run being edited. Filled in from --load-dir."""
+    """config.yml of the run being edited. Filled in from --source-run / --load-dir."""
+    viewer_changes: list[str] = field(default_factory=list)
+    """Prompt and guidance changes made in the viewer during the edit ('step N: target prompt = ...'), filled in by
+    the edit and saved in config.yml with each checkpoint (pipeline.model holds the values in use at the end)."""
 
 
 class EdNerfEditPipeline(EdNerfPipeline):
@@ -58,11 +61,12 @@ class EdNerfEditPipeline(EdNerfPipeline):
         if test_mode != "val":
             return  # ns-eval / ns-render / ns-viewer load the edited weights; no UNet, no source run needed
         if config.source_checkpoint is None:
-            raise UserError("ed-nerf-edit needs the run to edit: pass --load-dir <ed-nerf run>/nerfstudio_models")
+            raise UserError("ed-nerf-edit needs the run to edit: pass --source-run <ed-nerf run folder>")
         state = read_checkpoint(config.source_checkpoint)
         load_verified(self, state["pipeline"], f"source checkpoint '{config.source_checkpoint}'")
         CONSOLE.log(f"Loaded every parameter of {config.source_checkpoint} (step {state.get('step')})")
         self.model.validate_prompts()
+        self._step = 0  # the trainer's current step (EdNerfEditTrainer.train_iteration), for the viewer log
         self._prepare_views()
         cfg = self.model.config
         self.target_prompt_text = ViewerText(
@@ -78,22 +82,28 @@ class EdNerfEditPipeline(EdNerfPipeline):
     # ------------------------------------------------------------------ viewer callbacks
     def _on_target_prompt(self, element: ViewerText) -> None:
         if element.value.strip():  # an emptied field while typing keeps the last usable prompt
-            self.model.config.prompt = element.value
+            self._record("prompt", element.value)
 
     def _on_source_prompt(self, element: ViewerText) -> None:
-        self.model.config.source_prompt = element.value
+        self._record("source_prompt", element.value)
 
     def _on_guidance_scale(self, element: ViewerSlider) -> None:
-        self.model.config.guidance_scale = float(element.value)
+        self._record("guidance_scale", float(element.value))
+
+    def _record(self, name: str, value) -> None:
+        """Apply a viewer change from the next step on, and log it in the run's config (saved with checkpoints)."""
+        if getattr(self.model.config, name) == value:
+            return
+        setattr(self.model.config, name, value)
+        self.config.viewer_changes.append(f"step {self._step}: {name} = {value!r}")
+        CONSOLE.log(f"Viewer: {name} = {value!r} from step {self._step}")
 
     # ------------------------------------------------------------------ per-view preparation
     def _prepare_views(self) -> None:
         """Attach `edit_mask` (and `source_latent`) to every cached training view, once."""
         cfg = self.model.config
         views = self.datamanager.cached_train
-        source = cfg.mask_source
-        if source == "auto":
-            source = "prompt" if cfg.mask_prompt else ("dataset" if "latent_mask" in views[0] else "none")
+        source = resolve_mask_source(cfg.mask_source, cfg.mask_prompt, has_dataset_masks="latent_mask" in views[0])
         # (--pipeline.model.mask-source prompt without a mask prompt was refused by ednerf_ns.validate)
         if source == "dataset" and "latent_mask" not in views[0]:
             raise UserError("--pipeline.model.mask-source dataset, but the dataset has no masks (mask_path); pass "
@@ -108,7 +118,7 @@ class EdNerfEditPipeline(EdNerfPipeline):
                 soft = view["latent_mask"]
             elif source == "prompt":
                 assert segmenter is not None
-                soft = segmenter.latent_probabilities(view["image"], cfg.mask_prompt or "")
+                soft = segmenter.latent_probabilities(image_float(view["image"]), cfg.mask_prompt or "")
             else:
                 continue
             mask = binarize(soft.float().cpu(), cfg.mask_threshold, cfg.mask_dilation)
@@ -117,6 +127,16 @@ class EdNerfEditPipeline(EdNerfPipeline):
         if coverage:
             mean = sum(coverage) / len(coverage)
             CONSOLE.log(f"Edit masks from {source}: {mean:.0%} of each view on average")
+            if mean > LARGE_MASK_SHARE:
+                warn(
+                    f"the edit mask ({source}) covers {mean:.0%} of the view area on average: almost nothing is kept; "
+                    + (
+                        "in nerfstudio dataset masks usually mark pixels to ignore - if yours do, drop "
+                        "--pipeline.model.mask-source dataset"
+                        if source == "dataset"
+                        else "check --pipeline.model.mask-prompt / --pipeline.model.mask-threshold"
+                    )
+                )
             if max(coverage) == 0.0:
                 warn(
                     "the edit mask is empty in every view: nothing will change; lower --pipeline.model.mask-threshold"
@@ -140,6 +160,24 @@ class EdNerfEditPipeline(EdNerfPipeline):
         self.model.train(was_training)
 
 
+LARGE_MASK_SHARE = 0.7
+"""Warn when the edit mask covers more than this share of the view area (the mean over training views)."""
+
+
+def resolve_mask_source(requested: str, mask_prompt: str | None, has_dataset_masks: bool) -> str:
+    """Where the edit mask comes from. auto = the mask prompt if one is given, else no mask: in nerfstudio a
+    dataset mask marks pixels to *ignore*, so it marks the edit region only when asked (`dataset`)."""
+    if requested == "auto":
+        source = "prompt" if (mask_prompt or "").strip() else "none"
+        if source == "none" and has_dataset_masks:
+            CONSOLE.log(
+                "The dataset has masks; they are not used as edit regions (nerfstudio masks mark pixels to ignore). "
+                "Pass --pipeline.model.mask-source dataset if they mark the region to edit"
+            )
+        return source
+    return requested
+
+
 # Stage-1 options that are training hyperparameters, not architecture: the edit's own values apply.
 EDIT_TIME_OPTIONS = {
     "_target",
@@ -153,18 +191,29 @@ EDIT_TIME_OPTIONS = {
 }
 
 
-def merge_source_config(cli: EdNerfEditPipelineConfig, source: SourceRun, defaults: EdNerfEditPipelineConfig):
+def merge_source_config(
+    cli: EdNerfEditPipelineConfig,
+    source: SourceRun,
+    defaults: EdNerfEditPipelineConfig,
+    given: set[str] | None = None,
+):
     """The edit's pipeline config: the source run's architecture and data settings, except what the user set.
 
-    A value counts as set by the user when it differs from the method's default; the edit-only options (prompts,
-    guidance, masks) always come from the command line.
+    `given`: the options typed on the command line (`ednerf_ns.cli_options`); each of them wins over the source run,
+    even when it equals the default. Without it (a config built in Python), a value counts as set when it differs
+    from the method's default. The edit-only options (prompts, guidance, masks) always come from the edit's config.
     """
     src_pipeline = source.config.pipeline  # type: ignore[attr-defined]
+
+    def user_set(path: str, value, default) -> bool:
+        return path in given if given is not None else value != default
+
     merged = copy.deepcopy(cli)
     stage1_fields = {f.name for f in dataclasses.fields(EdNerfModelConfig)} - EDIT_TIME_OPTIONS
     for name in stage1_fields:
-        if getattr(cli.model, name) == getattr(defaults.model, name) and hasattr(src_pipeline.model, name):
-            setattr(merged.model, name, copy.deepcopy(getattr(src_pipeline.model, name)))
+        if not user_set(f"pipeline.model.{name}", getattr(cli.model, name), getattr(defaults.model, name)):
+            if hasattr(src_pipeline.model, name):
+                setattr(merged.model, name, copy.deepcopy(getattr(src_pipeline.model, name)))
     # (a --pipeline.model.diffusion-model other than the source run's was refused by ednerf_ns.validate)
     src_dm = src_pipeline.datamanager
     if isinstance(src_dm, LatentDatamanagerConfig):
@@ -172,10 +221,12 @@ def merge_source_config(cli: EdNerfEditPipelineConfig, source: SourceRun, defaul
         for f in dataclasses.fields(LatentDatamanagerConfig):
             if f.name in ("_target", "data", "dataparser"):
                 continue
-            if getattr(cli.datamanager, f.name) != getattr(defaults.datamanager, f.name):
-                setattr(dm, f.name, copy.deepcopy(getattr(cli.datamanager, f.name)))
-        if type(cli.datamanager.dataparser) is not type(defaults.datamanager.dataparser):
-            dm.dataparser = copy.deepcopy(cli.datamanager.dataparser)
+            value = getattr(cli.datamanager, f.name)
+            if user_set(f"pipeline.datamanager.{f.name}", value, getattr(defaults.datamanager, f.name)):
+                setattr(dm, f.name, copy.deepcopy(value))
+        dm.dataparser = merge_dataparser(
+            cli.datamanager.dataparser, dm.dataparser, defaults.datamanager.dataparser, given
+        )
         dm.data = cli.datamanager.data if cli.datamanager.data is not None else src_dm.data
         if dm.data is not None:
             dm.dataparser.data = Path(dm.data)
@@ -183,4 +234,23 @@ def merge_source_config(cli: EdNerfEditPipelineConfig, source: SourceRun, defaul
         merged.datamanager = dm
     merged.source_checkpoint = source.checkpoint_path
     merged.source_config = source.config_path
+    return merged
+
+
+def merge_dataparser(cli, source, default, given: set[str] | None):
+    """The source run's dataparser with the options the user set (another dataparser: the user's, whole)."""
+    from ednerf_ns.cli_options import DATAPARSER
+
+    if type(cli) is not type(source):
+        chosen = DATAPARSER in given if given is not None else type(cli) is not type(default)
+        return copy.deepcopy(cli if chosen else source)
+    merged = copy.deepcopy(source)
+    baseline = default if type(default) is type(cli) else type(cli)()
+    for f in dataclasses.fields(cli):
+        if f.name in ("_target", "data"):
+            continue
+        value = getattr(cli, f.name)
+        is_set = f"{DATAPARSER}.{f.name}" in given if given is not None else value != getattr(baseline, f.name)
+        if is_set:
+            setattr(merged, f.name, copy.deepcopy(value))
     return merged

@@ -78,6 +78,7 @@ class EvalView(RenderedView):
 @torch.no_grad()
 def render_views(pipeline, split: str = "eval", limit: int | None = None, on_view=None) -> list[EvalView]:
     """Like `ednerf_ns.runs.render_split`, keeping depth and camera for the reprojection."""
+    from ednerf_ns.datamanager import image_float
     from ednerf_ns.model import latent_at_latent_resolution
 
     dm = pipeline.datamanager
@@ -92,7 +93,7 @@ def render_views(pipeline, split: str = "eval", limit: int | None = None, on_vie
             EvalView(
                 name=Path(dataset.image_filenames[idx]).name,
                 rgb=out["rgb"].cpu().float().clamp(0, 1),
-                image=data["image"].cpu(),
+                image=image_float(data["image"].cpu()),
                 mask=mask,
                 latent=latent_at_latent_resolution(out["latent"]).permute(2, 0, 1).cpu(),
                 target_latent=data["latent"].cpu(),

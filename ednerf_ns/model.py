@@ -32,9 +32,9 @@ from nerfstudio.utils import colormaps
 from torch import Tensor
 from torch.nn import Parameter
 
-from ednerf_ns.datamanager import LATENT_SCALE
+from ednerf_ns.datamanager import LATENT_SCALE, image_float, target_size
 from ednerf_ns.diffusion import DEFAULT_MODEL, DtypeName, LatentDiffusion, get_diffusion
-from ednerf_ns.errors import UserError
+from ednerf_ns.errors import UserError, warn
 from ednerf_ns.field import LATENT_FEATURES, Implementation, LatentField, resolve_implementation
 from ednerf_ns.hashgrid import accelerate_hash_grids
 from ednerf_ns.metrics import latent_psnr, psnr, ssim
@@ -53,8 +53,9 @@ class EdNerfModelConfig(NerfactoModelConfig):
     diffusion_dtype: DtypeName = "auto"
     """Precision of the diffusion components: auto = float16 on CUDA, float32 on CPU."""
     implementation: Implementation = "auto"
-    """Hash grid / MLP implementation: auto = tcnn when tiny-cuda-nn is installed and running on CUDA, else torch.
-    The resolved choice is written to the run's config.yml (the edit stage must rebuild the same one)."""
+    """Hash grid / MLP implementation: auto = torch (the project's own grids, measured and tested); tcnn =
+    tiny-cuda-nn, only when asked (not verified by this project). The resolved choice is written to the run's
+    config.yml (the edit stage must rebuild the same one)."""
     use_refinement: bool = True
     """Apply the refinement layer (ResNet blocks + self-attention) to rendered latents. False = the ablation."""
     refinement_width: int = 128
@@ -98,6 +99,11 @@ class EdNerfModelConfig(NerfactoModelConfig):
     """Update the proposal networks on nerfacto's schedule (every other step at first, every `proposal_update_every`
     steps after `proposal_warmup`). nerfstudio 1.1.5 only counts steps for it when the proposal-weight anneal is
     on, so edits (which start annealed) would otherwise update them at every step."""
+    render_max_image_size: int | None = None
+    """Views larger than this (longest side, pixels) are rendered at this size - latents at 1/8 of it - decoded,
+    then resized to the requested size (ns-render, camera paths and the viewer ask for the dataset's full
+    resolution; the NeRF and the refinement layer only know the training scale). None = the size the NeRF was
+    trained at (the longest training image after --pipeline.datamanager.max-image-size); 0 = no limit."""
     step_cuda_graph: bool = True
     """On CUDA, replay each training step (render, refinement, losses - and for edits the UNet - and the backward
     pass) from a CUDA graph, captured at a view size's second step: removes the Python and kernel-launch overhead
@@ -124,6 +130,7 @@ class EdNerfModel(NerfactoModel):
                     "this run uses implementation=tcnn but tinycudann is not importable here; install tiny-cuda-nn "
                     "or pass --pipeline.model.implementation torch (a torch run cannot load tcnn weights)"
                 )
+            warn("implementation tcnn: the tiny-cuda-nn path is not verified by ednerf_ns (auto uses its torch grids)")
         self.config.implementation = implementation  # recorded in config.yml by the trainer
         if torch.device(device).type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = self.config.tf32_matmul
@@ -169,6 +176,8 @@ class EdNerfModel(NerfactoModel):
         )
         # Viewer toggle (set by the pipeline's checkbox): compare refined and raw renders live.
         self.view_refined = True
+        # Largest view rendered as is (see render_max_image_size); the pipeline fills in the training size.
+        self.render_max_image_size: int = self.config.render_max_image_size or 0
         self._ray_cache: dict[int, tuple[RayBundle, int, int]] = {}
         self.step = 0
 
@@ -373,7 +382,17 @@ class EdNerfModel(NerfactoModel):
     @torch.no_grad()
     def get_outputs_for_camera(self, camera: Cameras, obb_box: OrientedBox | None = None) -> dict[str, Tensor]:
         """Viewer / ns-render / ns-eval: decoded RGB plus depth, accumulation and the latent, all at image size."""
-        height, width = int(camera.height.flatten()[0]), int(camera.width.flatten()[0])
+        camera = camera.flatten()[0:1]
+        height, width = int(camera.height[0]), int(camera.width[0])
+        limit = self.render_max_image_size
+        if limit > 0 and max(height, width) > limit:
+            # Larger than the training scale: render at it, decode, then resize to the requested size.
+            h, w = target_size(height, width, limit)
+            out = self.get_outputs_for_camera(scaled_camera(camera, h, w), obb_box)
+            return {
+                key: resize(value, height, width, "nearest" if key == "latent" else "bilinear")
+                for key, value in out.items()
+            }
         out = self.render_latent_view(camera, chunk=self.config.eval_num_rays_per_chunk, obb_box=obb_box)
         rgb = self._diffusion.decode(out["latent"])[0].permute(1, 2, 0)[:height, :width]
         return {
@@ -426,7 +445,7 @@ class EdNerfModel(NerfactoModel):
     def get_image_metrics_and_images(
         self, outputs: dict[str, Tensor], batch: dict[str, Tensor]
     ) -> tuple[dict[str, float], dict[str, Tensor]]:
-        gt = batch["image"].to(self.device)[..., :3]
+        gt = image_float(batch["image"].to(self.device)[..., :3])
         rgb = outputs["rgb"]
         target = batch["latent"].to(self.device)
         latent = latent_at_latent_resolution(outputs["latent"]).permute(2, 0, 1)
@@ -477,19 +496,39 @@ def rays_from_tensors(tensors: dict[str, Tensor]) -> RayBundle:
 def latent_camera(camera: Cameras) -> Cameras:
     """The camera of the latent image: intrinsics / 8 and ceil(size / 8), so its pixel i covers image pixels
     [8i, 8i + 8) and the decoded image (8 ceil(W/8) wide) starts exactly at the requested image's origin."""
+    width, height = torch.ceil(camera.width / LATENT_SCALE).long(), torch.ceil(camera.height / LATENT_SCALE).long()
+    return resized_camera(camera, 1 / LATENT_SCALE, 1 / LATENT_SCALE, width, height)
+
+
+def scaled_camera(camera: Cameras, height: int, width: int) -> Cameras:
+    """`camera` (one view) resized to height x width pixels: intrinsics scale with each axis."""
+    sx, sy = width / float(camera.width[0]), height / float(camera.height[0])
+    return resized_camera(camera, sx, sy, torch.full_like(camera.width, width), torch.full_like(camera.height, height))
+
+
+def resized_camera(camera: Cameras, sx: float, sy: float, width: Tensor, height: Tensor) -> Cameras:
+    """`camera` with its intrinsics scaled by (sx, sy) and the given image size; pose and the rest unchanged."""
     return Cameras(
         camera_to_worlds=camera.camera_to_worlds,
-        fx=camera.fx / LATENT_SCALE,
-        fy=camera.fy / LATENT_SCALE,
-        cx=camera.cx / LATENT_SCALE,
-        cy=camera.cy / LATENT_SCALE,
-        width=torch.ceil(camera.width / LATENT_SCALE).long(),
-        height=torch.ceil(camera.height / LATENT_SCALE).long(),
+        fx=camera.fx * sx,
+        fy=camera.fy * sy,
+        cx=camera.cx * sx,
+        cy=camera.cy * sy,
+        width=width,
+        height=height,
         distortion_params=camera.distortion_params,
         camera_type=camera.camera_type,
         times=camera.times,
         metadata=camera.metadata,
     )
+
+
+def resize(image: Tensor, height: int, width: int, mode: str) -> Tensor:
+    """[h, w, C] -> [height, width, C] (bilinear: antialiased when shrinking)."""
+    x = image.permute(2, 0, 1)[None].float()
+    options = {} if mode == "nearest" else {"align_corners": False, "antialias": True}
+    x = F.interpolate(x, size=(height, width), mode=mode, **options)
+    return x[0].permute(1, 2, 0).to(image.dtype)
 
 
 def upsample(image: Tensor, height: int, width: int, mode: str) -> Tensor:

@@ -39,6 +39,9 @@ class EdNerfPipeline(VanillaPipeline):
     ) -> None:
         super().__init__(config, device, test_mode, world_size, local_rank, grad_scaler)
         self.datamanager.set_diffusion(self.model.diffusion)
+        if self.model.config.render_max_image_size is None:
+            # Render at the scale the NeRF was trained at (ns-render / viewer cameras come at full resolution).
+            self.model.render_max_image_size = self.datamanager.training_image_size()
         if test_mode == "val":
             # Training: encode (or load from the cache) every view now, so a broken image fails before the first
             # step and the encoder's progress bar is not interleaved with the training log.

@@ -151,6 +151,7 @@ def load_run(config_path: Path, test_mode: str = "test"):
 @torch.no_grad()
 def render_split(pipeline, split: str = "eval", limit: int | None = None) -> list[RenderedView]:
     """Render the views of one split (the held-out "eval" views by default) with their images and masks."""
+    from ednerf_ns.datamanager import image_float
     from ednerf_ns.model import latent_at_latent_resolution
 
     dm = pipeline.datamanager
@@ -163,7 +164,8 @@ def render_split(pipeline, split: str = "eval", limit: int | None = None) -> lis
         mask = data["mask"][..., 0].cpu() if "mask" in data else None
         latent = latent_at_latent_resolution(out["latent"]).permute(2, 0, 1).cpu()
         name = Path(dataset.image_filenames[idx]).name
-        views.append(RenderedView(name, out["rgb"].cpu(), data["image"].cpu(), mask, latent, data["latent"].cpu()))
+        image = image_float(data["image"].cpu())
+        views.append(RenderedView(name, out["rgb"].cpu(), image, mask, latent, data["latent"].cpu()))
     return views
 
 

@@ -4,6 +4,8 @@ one line."""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import functools
 import sys
 from collections.abc import Iterator
@@ -262,18 +264,37 @@ class EdNerfTrainer(Trainer):
 
 @dataclass
 class EdNerfEditTrainerConfig(EdNerfTrainerConfig):
-    """TrainerConfig of `ed-nerf-edit`: `--load-dir` names the ed-nerf run to edit (it is never modified)."""
+    """TrainerConfig of `ed-nerf-edit`: `--source-run` (or `--load-dir`) names the ed-nerf run to edit (it is never
+    modified); `--resume` continues an interrupted edit."""
 
     _target: type = field(default_factory=lambda: EdNerfEditTrainer)
+    source_run: Path | None = None
+    """The ed-nerf (or ed-nerf-edit) run to edit: its folder, its config.yml or its nerfstudio_models folder. Same as
+    --load-dir <run>/nerfstudio_models (with --load-step choosing the checkpoint)."""
+    resume: Path | None = None
+    """An interrupted ed-nerf-edit run (its folder or config.yml) to continue from its newest checkpoint, with its
+    prompts, options, optimizers and step (other options given here still apply); writes a new run folder."""
 
     def validate(self) -> None:
         from ednerf_ns.checkpoint import locate_source_run
         from ednerf_ns.validate import check_same_cameras, check_same_diffusion_model
 
+        if self.resume is not None:
+            self._adopt_resumed_run()
+        if self.source_run is not None:
+            load_dir = source_models_folder(self.source_run)
+            if self.load_dir is not None and Path(self.load_dir).expanduser().resolve() != load_dir.resolve():
+                raise UserError(
+                    f"--source-run '{self.source_run}' and --load-dir '{self.load_dir}' name different runs"
+                )
+            self.load_dir = load_dir
         if not (self.pipeline.model.prompt or "").strip():
             raise ArgumentError('the target prompt is empty; pass --prompt "what the edited scene should show"')
         if self.load_dir is None:
-            raise ArgumentError("ed-nerf-edit needs the run to edit: pass --load-dir <ed-nerf run>/nerfstudio_models")
+            raise ArgumentError(
+                "ed-nerf-edit needs the run to edit: pass --source-run <ed-nerf run folder> "
+                "(or --load-dir <run>/nerfstudio_models)"
+            )
         source = locate_source_run(self.load_dir, self.load_step)
         source_data = getattr(source.config.pipeline.datamanager, "data", None)
         check_same_diffusion_model(self.pipeline.model.diffusion_model, source)
@@ -284,14 +305,73 @@ class EdNerfEditTrainerConfig(EdNerfTrainerConfig):
             check_same_cameras(source_data, self.pipeline.datamanager.data)
         super().validate()
 
+    def _adopt_resumed_run(self) -> None:
+        """Take the interrupted edit's pipeline (already merged with its source run), its source checkpoint and its
+        newest checkpoint; options typed on this command line still win."""
+        from ednerf_ns.checkpoint import find_checkpoint
+        from ednerf_ns.cli_options import command_line_options
+        from ednerf_ns.configs import ed_nerf_edit_trainer
+        from ednerf_ns.edit_pipeline import merge_dataparser
+        from ednerf_ns.errors import UserError
+        from ednerf_ns.runs import read_run_config
+
+        if self.load_checkpoint is not None and self.pipeline.source_checkpoint is not None:
+            return  # adopted already (validate runs again when config.yml is saved)
+        file, saved = read_run_config(self.resume, "--resume")
+        if saved.method_name != "ed-nerf-edit" or saved.pipeline.source_checkpoint is None:
+            raise UserError(f"--resume '{self.resume}' is not an ed-nerf-edit run; pass the edit run to continue")
+        self.load_checkpoint, last_step = find_checkpoint(file.parent / "nerfstudio_models", None)
+        given = command_line_options()
+        defaults = ed_nerf_edit_trainer()
+
+        def user_set(path: str, value, default) -> bool:
+            return path in given if given is not None else value != default
+
+        pipeline = copy.deepcopy(saved.pipeline)
+        for section in ("model", "datamanager"):
+            ours, theirs, default = (getattr(p, section) for p in (self.pipeline, pipeline, defaults.pipeline))
+            for f in dataclasses.fields(ours):
+                value = getattr(ours, f.name)
+                if f.name != "dataparser" and user_set(f"pipeline.{section}.{f.name}", value, getattr(default, f.name)):
+                    setattr(theirs, f.name, copy.deepcopy(value))
+        pipeline.datamanager.dataparser = merge_dataparser(
+            self.pipeline.datamanager.dataparser,
+            pipeline.datamanager.dataparser,
+            defaults.pipeline.datamanager.dataparser,
+            given,
+        )
+        self.pipeline = pipeline
+        checkpoint = Path(pipeline.source_checkpoint)
+        self.load_dir, self.load_step = checkpoint.parent, int(checkpoint.stem.split("-")[-1])
+        self.source_run = None
+        if not user_set("max_num_iterations", self.max_num_iterations, defaults.max_num_iterations):
+            self.max_num_iterations = saved.max_num_iterations
+        if last_step + 1 >= self.max_num_iterations:
+            raise UserError(
+                f"--resume '{self.resume}' already finished {last_step + 1} of {self.max_num_iterations} steps; pass "
+                f"--max-num-iterations with a larger total to edit further"
+            )
+
+
+def source_models_folder(run: Path) -> Path:
+    """The nerfstudio_models folder of a run given as its folder, its config.yml or that folder itself."""
+    run = Path(run).expanduser()
+    if run.name == "config.yml" or run.is_file():
+        return run.parent / "nerfstudio_models"
+    if (run / "nerfstudio_models").is_dir() or (run / "config.yml").is_file():
+        return run / "nerfstudio_models"
+    return run
+
 
 class EdNerfEditTrainer(EdNerfTrainer):
-    """Rebuilds the source run's pipeline from its config.yml, then edits it from step 0 with fresh optimizers."""
+    """Rebuilds the source run's pipeline from its config.yml, then edits it from step 0 with fresh optimizers
+    (or, with --resume, continues an interrupted edit from its checkpoint)."""
 
     config: EdNerfEditTrainerConfig
 
     def setup(self, test_mode="val") -> None:
         from ednerf_ns.checkpoint import locate_source_run
+        from ednerf_ns.cli_options import command_line_options
         from ednerf_ns.configs import ed_nerf_edit_trainer
         from ednerf_ns.edit_pipeline import merge_source_config
 
@@ -300,19 +380,45 @@ class EdNerfEditTrainer(EdNerfTrainer):
             self.config.validate()
             source = locate_source_run(self.config.load_dir, self.config.load_step)
             CONSOLE.log(f"Editing {source.checkpoint_path} (trained {source.step + 1} steps); it will not be modified")
-            self.config.pipeline = merge_source_config(self.config.pipeline, source, ed_nerf_edit_trainer().pipeline)
+            if self.config.resume is None:
+                defaults = ed_nerf_edit_trainer().pipeline
+                given = command_line_options()
+                self.config.pipeline = merge_source_config(self.config.pipeline, source, defaults, given)
             super().setup(test_mode=test_mode)  # saves config.yml again, now with the source's architecture
 
     def resume_hint(self) -> str:
-        prompt = self.pipeline.model.config.prompt
-        return (
-            f"continue editing (fresh optimizers) with: ns-train ed-nerf-edit --load-dir '{self.checkpoint_dir}' "
-            f'--prompt "{prompt}" <same options>'
-        )
+        return f"continue this edit with: ns-train ed-nerf-edit --resume '{self.base_dir}'"
 
     def _load_checkpoint(self) -> None:
+        if self.config.resume is not None:
+            return super()._load_checkpoint()  # the interrupted edit's weights, optimizers and step
         # The pipeline loaded (and verified) the source weights itself; optimizers and step start fresh.
         CONSOLE.print("Edit starts at step 0 with fresh optimizers.")
+
+    def train(self) -> None:
+        # nerfstudio runs max_num_iterations steps *after* a resumed step; a resumed edit ends where the edit would
+        # have ended uninterrupted (the count nerfstudio reads is the remainder while training runs).
+        total = self._total_steps = self.config.max_num_iterations
+        self.config.max_num_iterations = max(0, total - self._start_step)
+        try:
+            super().train()
+        finally:
+            self.config.max_num_iterations = total
+
+    def train_iteration(self, step: int):
+        self.pipeline._step = step  # type: ignore[attr-defined]
+        return super().train_iteration(step)
+
+    def save_checkpoint(self, step: int) -> None:
+        super().save_checkpoint(step)
+        if self.local_rank == 0:
+            # Prompts and guidance may have changed in the viewer: config.yml records the ones in use.
+            running = self.config.max_num_iterations
+            self.config.max_num_iterations = getattr(self, "_total_steps", running)
+            try:
+                self.config.save_config()
+            finally:
+                self.config.max_num_iterations = running
 
 
 def save_error_line(exc: BaseException, what: str, note: str) -> str:

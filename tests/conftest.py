@@ -186,4 +186,6 @@ def tiny_clip(tmp_path_factory, tiny_sd) -> Path:
 @pytest.fixture(scope="session")
 def edited_run(trained_run, scene, cache_dir, tmp_path_factory) -> Path:
     """A 25-step `ed-nerf-edit` run of `trained_run` ('a red sphere' -> 'a blue sphere', dataset masks)."""
-    return run_training(edit_config(trained_run, scene, tmp_path_factory.mktemp("edited"), cache_dir, steps=25))
+    config = edit_config(trained_run, scene, tmp_path_factory.mktemp("edited"), cache_dir, steps=25)
+    config.pipeline.model.mask_source = "dataset"  # the test scene's masks mark the sphere
+    return run_training(config)

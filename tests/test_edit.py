@@ -229,13 +229,37 @@ def test_non_finite_guidance_is_skipped(trained_run, scene, cache_dir, tmp_path)
 
 
 # ---------------------------------------------------------------------------------------------- masks
-def test_dataset_masks_become_edit_masks(trained_run, scene, cache_dir, tmp_path):
-    trainer = build_edit_pipeline(trained_run, scene, cache_dir, tmp_path, mask_dilation=0)
+def test_dataset_masks_become_edit_masks_only_when_asked(trained_run, scene, cache_dir, tmp_path, capsys):
+    trainer = build_edit_pipeline(trained_run, scene, cache_dir, tmp_path, mask_dilation=0, mask_source="dataset")
     view = trainer.pipeline.datamanager.cached_train[0]
     expected = (view["latent_mask"] > 0.35).float()
     assert torch.equal(view["edit_mask"], expected)
-    trainer = build_edit_pipeline(trained_run, scene, cache_dir, tmp_path, mask_source="none")
-    assert "edit_mask" not in trainer.pipeline.datamanager.cached_train[0]
+    for source in ("auto", "none"):  # auto without a mask prompt: no mask, whatever the dataset has
+        trainer = build_edit_pipeline(trained_run, scene, cache_dir, tmp_path, mask_source=source)
+        view = trainer.pipeline.datamanager.cached_train[0]
+        assert "latent_mask" in view and "edit_mask" not in view
+    assert "not used as edit regions" in capsys.readouterr().out
+
+
+def test_masks_of_pixels_to_ignore(trained_run, scene, cache_dir, tmp_path, capsys):
+    """A capture whose masks mark pixels to ignore (here: everything but the sphere, most of each view)."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    data = Path(shutil.copytree(scene, tmp_path / "ignore_masks"))
+    for frame in json.loads((data / "transforms.json").read_text())["frames"]:
+        path = data / frame["mask_path"]
+        Image.fromarray(255 - np.array(Image.open(path))).save(path)
+    trainer = build_edit_pipeline(trained_run, data, cache_dir, tmp_path)  # defaults: no edit mask
+    assert all("edit_mask" not in view for view in trainer.pipeline.datamanager.cached_train)
+    _, loss, _ = trainer.pipeline.get_train_loss_dict(0)
+    assert "reconstruction_loss" not in loss and torch.isfinite(loss["guidance_loss"])
+    assert "covers" not in capsys.readouterr().out
+    build_edit_pipeline(trained_run, data, cache_dir, tmp_path, mask_source="dataset")
+    out = " ".join(capsys.readouterr().out.split())
+    assert "of the view area on average" in out and "mark pixels to ignore" in out
 
 
 def test_mask_prompt_uses_clipseg_and_caches(trained_run, scene, cache_dir, tmp_path, tiny_clipseg):

@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import make_scene, run_training, train_config
 
-from ednerf_ns.datamanager import downsample_mask, target_size
+from ednerf_ns.datamanager import downsample_mask, image_float, target_size
 from ednerf_ns.errors import UserError
 from ednerf_ns.refinement import RefinementLayer
 
@@ -120,7 +120,8 @@ def test_latents_match_a_direct_vae_encoding(tmp_path, scene, tiny_sd):
 
     _, pipeline = build_pipeline(scene, tiny_sd, tmp_path / "cache")
     view = pipeline.datamanager.cached_train[3]
-    direct = LatentDiffusion(str(tiny_sd)).encode(view["image"].permute(2, 0, 1)[None])[0]
+    assert view["image"].dtype == torch.uint8  # kept small; the encoder reads it as [0, 1]
+    direct = LatentDiffusion(str(tiny_sd)).encode(image_float(view["image"]).permute(2, 0, 1)[None])[0]
     assert torch.allclose(view["latent"], direct, atol=1e-5)
 
 

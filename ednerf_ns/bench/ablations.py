@@ -35,10 +35,10 @@ DEFAULT_SCENES: tuple[str, ...] = (
     "a green cube on a wooden floor -> a yellow cube on a wooden floor",
     "a purple cylinder on a white tiled floor -> an orange cylinder on a white tiled floor",
 )
-# name -> (guidance, mask_source); "auto" uses the demo dataset's object masks.
+# name -> (guidance, mask_source); "dataset" uses the demo dataset's object masks as edit regions.
 EDITS: dict[str, tuple[str, str]] = {
-    "dds_mask": ("dds", "auto"),
-    "sds_mask": ("sds", "auto"),
+    "dds_mask": ("dds", "dataset"),
+    "sds_mask": ("sds", "dataset"),
     "dds_no_mask": ("dds", "none"),
     "sds_no_mask": ("sds", "none"),
 }

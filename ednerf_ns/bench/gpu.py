@@ -747,6 +747,7 @@ class Bench:
         config.load_dir = self.train_run / "nerfstudio_models"
         config.pipeline.model.prompt = TARGET_PROMPT
         config.pipeline.model.source_prompt = SOURCE_PROMPT
+        config.pipeline.model.mask_source = "dataset"  # the procedural scene's object masks: the masked edit
         apply_options(config, options)
         run = self._run(config, skip=warmup)
         trainer = run.pop("trainer")
@@ -755,7 +756,7 @@ class Bench:
         run["unet_acceleration"] = dataclasses.asdict(runner.options)
         run["step_graph"] = step_graph_stats(trainer)
         run["options"] = options
-        run["config"] = "registered ed-nerf-edit config" + (f", {options}" if options else "")
+        run["config"] = "registered ed-nerf-edit config, dataset masks" + (f", {options}" if options else "")
         run["edit_masks"] = "edit_mask" in trainer.pipeline.datamanager.cached_train[0]
         if run["step_ms"]:
             mean_s = run["step_ms"]["mean"] / 1e3
