@@ -211,6 +211,8 @@ class EditSuiteConfig:
     """Internal: 'k/n' runs every n-th pair from the k-th (what each worker of --jobs runs)."""
     limit: int | None = None
     """Run only the first N pairs (smoke tests)."""
+    summarize_only: bool = False
+    """Run nothing: summarise the pairs whose results are already in --output-dir (e.g. after a time limit)."""
     diffusion_model: str = field(default_factory=lambda: str(EMBEDDED_MODEL))
     """Diffusion model (diffusers layout). Default: the tiny model shipped with ednerf_ns."""
     picture_views: int = 3
@@ -311,7 +313,9 @@ def main(cfg: EditSuiteConfig) -> dict | None:
         for pair in pairs[k::n]:
             run_pair(pair, cfg, variants, device, out)
         return None
-    if cfg.jobs > 1:
+    if cfg.summarize_only:
+        pass
+    elif cfg.jobs > 1:
         run_workers(cfg, out, min(cfg.jobs, len(pairs)))
     else:
         for pair in pairs:
