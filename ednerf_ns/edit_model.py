@@ -82,11 +82,12 @@ class EdNerfEditModelConfig(EdNerfModelConfig):
     and the density MLP are one fused tensor: grid then trains both."""
     edit_field_mlps: bool = False
     """Older name of edit_field=all, kept so that earlier runs' config.yml files load: True selects all."""
-    edit_geometry: bool = False
-    """Let the edit change the scene's shape. Off by default: the density then comes from a frozen copy of the
-    source run's density network, so the edit changes only what the scene looks like (colour, texture) and the
-    shape stays exactly the source's; DDS gradients otherwise also move the density, which melts edges into blobs
-    (docs/results.md). Turn it on for edits that must change geometry (a sphere into a cube, adding a hat)."""
+    edit_geometry: bool = True
+    """Let the edit change the scene's density (its shape) as well as its appearance. False takes the density from
+    a frozen copy of the source run's density network (and freezes the proposal networks), so the edit changes
+    only colour and texture and the shape stays exactly the source's: DDS gradients otherwise also move the
+    density, which can melt edges into blobs (docs/results.md). False is not yet measured on the edit suite, so it
+    is not the default."""
     t_schedule: Literal["uniform", "anneal"] = "uniform"
     """How timesteps are drawn over the edit: uniform in [t_min, t_max] at every step, or anneal: the upper bound
     falls linearly from t_max to t_anneal_end over the edit, so large-scale changes (high t) come first and
