@@ -10,8 +10,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import tyro
-
 from ednerf_ns.video import VIDEO_FORMATS
 
 
@@ -84,13 +82,9 @@ def main(cfg: CompareConfig) -> list[Path]:
 
 
 def entrypoint() -> None:
-    from ednerf_ns.errors import one_line_errors, set_command
+    from ednerf_ns.errors import run_command
 
-    set_command("ednerf-compare")
-    tyro.extras.set_accent_color("bright_yellow")
-    config = tyro.cli(CompareConfig)
-    with one_line_errors(interrupt=True):
-        main(config)
+    run_command("ednerf-compare", CompareConfig, main)
 
 
 if __name__ == "__main__":

@@ -168,3 +168,15 @@ def check_writable_folder(folder: os.PathLike | str, flag: str) -> None:
     except OSError as exc:
         reason = exc.strerror or first_line(exc)
         raise ArgumentError(f"{flag} '{folder}' is not writable ({reason}); pass a folder you can write to") from None
+
+
+def run_command(name: str, config_class: type, main) -> None:
+    """A console command's entry point: parse `config_class` from the command line (tyro) and run `main` on it,
+    every refusal and fault ending in one line under this command's name."""
+    import tyro
+
+    set_command(name)
+    tyro.extras.set_accent_color("bright_yellow")
+    config = tyro.cli(config_class)
+    with one_line_errors(interrupt=True):
+        main(config)

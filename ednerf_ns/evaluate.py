@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-import tyro
 from torch import Tensor
 
 from ednerf_ns.errors import ArgumentError, UserError, first_line, warn
@@ -612,13 +611,9 @@ def _diff(a: float | None, b: float | None) -> float | None:
 
 
 def entrypoint() -> None:
-    from ednerf_ns.errors import one_line_errors, set_command
+    from ednerf_ns.errors import run_command
 
-    set_command("ednerf-eval")
-    tyro.extras.set_accent_color("bright_yellow")
-    config = tyro.cli(EvalConfig)
-    with one_line_errors(interrupt=True):
-        main(config)
+    run_command("ednerf-eval", EvalConfig, main)
 
 
 if __name__ == "__main__":

@@ -48,20 +48,19 @@ def test_tcnn_field_parameters_are_chosen_by_module():
         assert len(grid) == 1 and len(mlps) == expected  # never an empty group: Adam would refuse it
 
 
-def test_torch_field_parameters_are_chosen_by_module():
+def small_field():
+    """nerfstudio's torch field layout (LatentField), small."""
     from nerfstudio.data.scene_box import SceneBox
 
     from ednerf_ns.field import LatentField
 
-    field = LatentField(
-        SceneBox(torch.tensor([[-1.0] * 3, [1.0] * 3])).aabb,
-        num_images=2,
-        implementation="torch",
-        num_levels=4,
-        log2_hashmap_size=8,
-        hidden_dim=16,
-        hidden_dim_color=16,
-    )
+    aabb = SceneBox(torch.tensor([[-1.0] * 3, [1.0] * 3])).aabb
+    options = dict(num_levels=4, log2_hashmap_size=8, hidden_dim=16, hidden_dim_color=16)
+    return LatentField(aabb, num_images=2, implementation="torch", **options)
+
+
+def test_torch_field_parameters_are_chosen_by_module():
+    field = small_field()
     names = {id(p): n for n, p in field.named_parameters()}
     parts = field_parameter_parts(field)
     assert [names[id(p)] for p in parts["grid"]] == ["mlp_base.model.0.hash_table"]
@@ -80,28 +79,13 @@ def test_a_field_without_a_grid_is_refused_in_one_line():
 def test_frozen_geometry_loads_states_without_its_copy():
     """A source run (or an edit saved before geometry could be frozen) has no `density_base`: it is filled from the
     state's own `mlp_base`, through nerfstudio's loading path (load_state_dict) and through load_verified."""
-    from nerfstudio.data.scene_box import SceneBox
-
     from ednerf_ns.checkpoint import load_verified
-    from ednerf_ns.field import LatentField
-
-    def make() -> LatentField:
-        aabb = SceneBox(torch.tensor([[-1.0] * 3, [1.0] * 3])).aabb
-        return LatentField(
-            aabb,
-            num_images=2,
-            implementation="torch",
-            num_levels=4,
-            log2_hashmap_size=8,
-            hidden_dim=16,
-            hidden_dim_color=16,
-        )
 
     torch.manual_seed(0)
-    source = make()
+    source = small_field()
     state = source.state_dict()
     for load in (lambda m, s: m.load_state_dict(s, strict=True), lambda m, s: load_verified(m, s, "state")):
-        frozen = make()
+        frozen = small_field()
         frozen.freeze_geometry()
         load(frozen, dict(state))
         for name, value in source.mlp_base.state_dict().items():

@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import tyro
-
 from ednerf_ns.errors import ArgumentError
 
 EMBEDDED_MODEL = Path(__file__).parent / "weights"
@@ -290,13 +288,9 @@ def check_demo_options(cfg: DemoConfig) -> None:
 
 
 def entrypoint() -> None:
-    from ednerf_ns.errors import one_line_errors, set_command
+    from ednerf_ns.errors import run_command
 
-    set_command("ednerf-demo")
-    tyro.extras.set_accent_color("bright_yellow")
-    config = tyro.cli(DemoConfig)
-    with one_line_errors(interrupt=True):
-        main(config)
+    run_command("ednerf-demo", DemoConfig, main)
 
 
 if __name__ == "__main__":
