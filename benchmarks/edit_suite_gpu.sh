@@ -23,6 +23,9 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null
 SUITE_DIR="${SUITE_DIR:-/tmp/suite}"
 timeout --signal=INT --kill-after=10 "${SUITE_TIMEOUT:-520}" python3 -m ednerf_ns.bench.edits --output-dir "$SUITE_DIR" --device cuda "$@" >"$OUT/suite_stdout.log" 2>&1
 echo "== suite exit code $? after $(($(date +%s) - START)) s"
+# a suite cut by its time limit still gets a summary of the pairs that finished
+[ -f "$SUITE_DIR/suite.json" ] || python3 -m ednerf_ns.bench.edits --output-dir "$SUITE_DIR" --summarize-only "$@" \
+    >>"$OUT/suite_stdout.log" 2>&1
 cp "$SUITE_DIR"/suite.json "$SUITE_DIR"/suite.md "$OUT"/ 2>/dev/null
 (cd "$SUITE_DIR" && tar cf "$OUT/sheets.tar" */contact_sheet.png */result.json 2>/dev/null)
 (cd "$SUITE_DIR" && tail -n 60 worker_*.log >"$OUT/workers_tail.log" 2>/dev/null)

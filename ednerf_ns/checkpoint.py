@@ -7,6 +7,7 @@ expected parameter is checked, with one clear line when something does not fit.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ import torch
 import yaml
 from torch import nn
 
-from ednerf_ns.errors import UserError, first_line
+from ednerf_ns.errors import ArgumentError, UserError, first_line
 
 ED_NERF_METHODS = ("ed-nerf", "ed-nerf-edit")
 _STEP = re.compile(r"^step-(\d+)\.ckpt$")
@@ -31,17 +32,22 @@ class SourceRun:
     config: object
 
 
-def find_checkpoint(load_dir: Path, load_step: int | None) -> tuple[Path, int]:
-    """The newest (or `load_step`) `step-*.ckpt` in `load_dir`."""
+def find_checkpoint(load_dir: Path, load_step: int | None, flag: str | None = None) -> tuple[Path, int]:
+    """The newest (or `load_step`) `step-*.ckpt` in `load_dir` (`--load-dir`, or the run named by `flag`)."""
     load_dir = Path(load_dir).expanduser()
     if not load_dir.is_dir():
-        raise UserError(f"--load-dir '{load_dir}' does not exist; pass the nerfstudio_models folder of an ed-nerf run")
+        raise ArgumentError(
+            f"--load-dir '{load_dir}' does not exist; pass the nerfstudio_models folder of an ed-nerf run"
+        )
     steps = sorted(int(m.group(1)) for f in load_dir.iterdir() if (m := _STEP.match(f.name)))
+    if not steps and (load_dir / "nerfstudio_models").is_dir():
+        raise ArgumentError(f"--load-dir '{load_dir}' is a run folder; pass '{load_dir / 'nerfstudio_models'}'")
     if not steps:
-        raise UserError(f"--load-dir '{load_dir}' holds no step-*.ckpt checkpoint; did that training run save one?")
+        where = "--load-dir" if flag is None else f"the run of {flag}: its folder"
+        raise UserError(f"{where} '{load_dir}' holds no step-*.ckpt checkpoint; did that training run save one?")
     step = steps[-1] if load_step is None else load_step
     if step not in steps:
-        raise UserError(f"--load-step {load_step} is not in '{load_dir}' (it has steps {steps})")
+        raise ArgumentError(f"--load-step {load_step} is not in '{load_dir}' (it has steps {steps}); pass one of them")
     return load_dir / f"step-{step:09d}.ckpt", step
 
 
@@ -51,9 +57,12 @@ def read_checkpoint(path: Path) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         reason = first_line(exc, 200)
-        raise UserError(f"could not read checkpoint '{path}': {reason}") from None
+        raise UserError(
+            f"could not read checkpoint '{path}': {reason}; the file is damaged: pass another --load-step or train "
+            "again"
+        ) from None
     if not isinstance(state, dict) or "pipeline" not in state:
-        raise UserError(f"'{path}' is not a nerfstudio checkpoint (no 'pipeline' state)")
+        raise UserError(f"'{path}' is not a nerfstudio checkpoint (no 'pipeline' state); pass an ed-nerf run's")
     return state
 
 
@@ -68,7 +77,7 @@ def locate_source_run(load_dir: Path, load_step: int | None) -> SourceRun:
     try:
         config = yaml.load(config_path.read_text(), Loader=yaml.Loader)
     except Exception as exc:
-        raise UserError(f"could not read '{config_path}': {first_line(exc, 200)}") from None
+        raise UserError(f"could not read '{config_path}': {first_line(exc, 200)}; is that run complete?") from None
     method = getattr(config, "method_name", None)
     if method not in ED_NERF_METHODS:
         raise UserError(
@@ -79,8 +88,11 @@ def locate_source_run(load_dir: Path, load_step: int | None) -> SourceRun:
 
 def load_verified(module: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
     """load_state_dict that names what is missing, unexpected or mis-shaped instead of a wall of text."""
+    from ednerf_ns.field import complete_frozen_geometry
+
     state = {k.removeprefix("module."): v for k, v in state.items()}
     own = module.state_dict()
+    state = complete_frozen_geometry(dict(state), own)
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     mismatched = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
@@ -100,3 +112,24 @@ def load_verified(module: nn.Module, state: dict[str, torch.Tensor], what: str) 
             hint = " - the runs use different field implementations (tcnn vs torch)"
         raise UserError(f"{what} does not fit this model: {'; '.join(parts)}{hint}")
     module.load_state_dict(state, strict=True)
+
+
+def save_atomic(state: dict, path: Path) -> None:
+    """torch.save `state` to `path` so that a full disk, a crash or a kill never leaves a truncated checkpoint.
+
+    The bytes go to a hidden temporary file on the same disk, are flushed to it, and the file is renamed to `path`
+    (os.replace: atomic). The temporary file sits one folder up, in the run folder, not next to the checkpoints:
+    nerfstudio's ns-eval / ns-render parse the name of every file in nerfstudio_models, so one left behind by a
+    kill there would break them. On failure the temporary file is removed and the exception propagates.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent.parent / f".{path.name}.partial-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as file:
+            torch.save(state, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

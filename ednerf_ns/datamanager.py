@@ -48,7 +48,8 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from ednerf_ns.diffusion import LatentDiffusion
-from ednerf_ns.errors import UserError, first_line
+from ednerf_ns.errors import ArgumentError, UserError, first_line
+from ednerf_ns.validate import read_image
 
 LATENT_SCALE = 8  # Stable Diffusion's VAE downsamples by 8 in each direction
 
@@ -79,7 +80,15 @@ class LatentDatamanagerConfig(FullImageDatamanagerConfig):
     in CPU memory. Decoded images always stay in CPU memory as uint8 (no loss reads them)."""
 
 
-class LatentDatamanager(FullImageDatamanager):
+class LatentInputDataset(InputDataset):
+    """nerfstudio's InputDataset, reading images in every mode `ednerf_ns.validate.read_image` converts: nerfstudio's
+    own loader would read a palette image's indices as gray levels, CMYK as RGBA and 16-bit gray modulo 256."""
+
+    def get_numpy_image(self, image_idx: int):
+        return read_image(self._dataparser_outputs.image_filenames[image_idx], self.scale_factor)
+
+
+class LatentDatamanager(FullImageDatamanager[LatentInputDataset]):
     """FullImageDatamanager whose cached views carry VAE latents (and latent-resolution masks)."""
 
     config: LatentDatamanagerConfig
@@ -320,10 +329,12 @@ def check_dataset_path(config: LatentDatamanagerConfig) -> None:
     data = config_data_path(config)
     if data is None or str(data) in ("", "."):
         if not Path("transforms.json").exists():
-            raise UserError("no dataset given; pass --data <folder with transforms.json and images>")
+            raise ArgumentError("no dataset given; pass --data <folder with transforms.json and images>")
         return
     if not data.exists():
-        raise UserError(f"dataset '{data}' does not exist; pass --data <folder with transforms.json and images>")
+        raise ArgumentError(f"dataset '{data}' does not exist; pass --data <folder with transforms.json and images>")
+    if data.is_file() and data.suffix != ".json":
+        raise ArgumentError(f"dataset '{data}' is a file; pass --data <folder with transforms.json and images>")
     if isinstance(config.dataparser, NerfstudioDataParserConfig) and data.is_dir():
         if not (data / "transforms.json").is_file():
             raise UserError(
@@ -390,8 +401,11 @@ def _atomic_save(latent: Tensor, path: Path) -> None:
     """Write then rename, so an interrupted run never leaves a half-written cache entry."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
-    save_file({"latent": latent.contiguous()}, str(tmp))
-    os.replace(tmp, path)
+    try:
+        save_file({"latent": latent.contiguous()}, str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _progress() -> Progress:

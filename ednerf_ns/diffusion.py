@@ -108,8 +108,8 @@ class LatentDiffusion:
                     hint = f" (that hub id was removed; use {_MOVED_IDS[self.model]})"
                 reason = first_line(exc)
                 raise UserError(
-                    f"could not load the '{part}' of diffusion model '{self.model}'{hint}: {reason}. "
-                    f"Pass --pipeline.model.diffusion-model with a local diffusers-layout folder, or a hub id this "
+                    f"could not load the '{part}' of diffusion model '{self.model}'{hint}: {reason}; "
+                    f"pass --pipeline.model.diffusion-model with a local diffusers-layout folder, or a hub id this "
                     f"machine can reach (e.g. {DEFAULT_MODEL})"
                 ) from None
             self._parts[part] = obj

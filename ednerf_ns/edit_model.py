@@ -82,6 +82,12 @@ class EdNerfEditModelConfig(EdNerfModelConfig):
     and the density MLP are one fused tensor: grid then trains both."""
     edit_field_mlps: bool = False
     """Older name of edit_field=all, kept so that earlier runs' config.yml files load: True selects all."""
+    edit_geometry: bool = True
+    """Let the edit change the scene's density (its shape) as well as its appearance. False takes the density from
+    a frozen copy of the source run's density network (and freezes the proposal networks), so the edit changes
+    only colour and texture and the shape stays exactly the source's: DDS gradients otherwise also move the
+    density, which can melt edges into blobs (docs/results.md). False is not yet measured on the edit suite, so it
+    is not the default."""
     t_schedule: Literal["uniform", "anneal"] = "uniform"
     """How timesteps are drawn over the edit: uniform in [t_min, t_max] at every step, or anneal: the upper bound
     falls linearly from t_max to t_anneal_end over the edit, so large-scale changes (high t) come first and
@@ -116,6 +122,9 @@ class EdNerfEditModel(EdNerfModel):
         super().populate_modules()
         if self.refinement is not None and not self.config.train_refinement:
             self.refinement.requires_grad_(False)
+        if not self.config.edit_geometry:
+            self.field.freeze_geometry()
+            self.proposal_networks.requires_grad_(False)  # they follow a density that no longer changes
         self.diffusion.set_unet_acceleration(
             UNetAcceleration(
                 cuda_graph=self.config.unet_cuda_graph,
@@ -136,19 +145,14 @@ class EdNerfEditModel(EdNerfModel):
         groups = super().get_param_groups()
         if not self.config.train_refinement:
             groups.pop("refinement", None)
-        parts = field_parameter_parts(self.field)
         which = "all" if self.config.edit_field_mlps else self.config.edit_field
-        grid = parts["grid"]
-        mlps = {"grid": [], "grid_and_color": parts["color"], "all": parts["density"] + parts["color"]}[which]
-        if not grid:
-            raise UserError(
-                "ed-nerf-edit found no hash-grid parameters in the field to edit; the field was built with an "
-                "unexpected layout (pass --pipeline.model.implementation torch to rebuild it with the project's grids)"
-            )
+        grid, mlps = select_edit_parameters(self.field, which)
         chosen = grid + mlps
         for p in self.field.parameters():
             p.requires_grad_(any(p is q for q in chosen))
         groups["fields"] = grid
+        if not self.config.edit_geometry:
+            groups.pop("proposal_networks", None)
         if mlps:
             groups["field_mlps"] = mlps
         return groups
@@ -221,6 +225,7 @@ class EdNerfEditModel(EdNerfModel):
             cfg.refinement_bf16,
             cfg.t_schedule,
             cfg.t_anneal_end,
+            cfg.edit_geometry,
         )
         return super().step_graph_options() + options
 
@@ -261,8 +266,8 @@ class EdNerfEditModel(EdNerfModel):
             loss["reconstruction_loss"] = cfg.reconstruction_weight * guidance.masked_reconstruction_loss(
                 z_tgt, z_src, mask
             )
-        # The proposal networks must keep following the (changing) density of the field.
-        self.add_regularizers(outputs, metrics_dict, loss)
+        if cfg.edit_geometry:  # the proposal networks must keep following the (changing) density of the field
+            self.add_regularizers(outputs, metrics_dict, loss)
         return loss
 
 
@@ -282,3 +287,16 @@ def field_parameter_parts(field: torch.nn.Module) -> dict[str, list[Parameter]]:
     taken = grid + density + color
     other = [p for p in field.parameters() if not any(p is q for q in taken)]
     return {"grid": grid, "density": density, "color": color, "other": other}
+
+
+def select_edit_parameters(field: torch.nn.Module, which: str) -> tuple[list[Parameter], list[Parameter]]:
+    """(hash-grid parameters, MLP parameters) an edit trains for `edit_field` = `which`; refuses a field in which
+    no grid is found (the edit would have nothing local to train)."""
+    parts = field_parameter_parts(field)
+    mlps = {"grid": [], "grid_and_color": parts["color"], "all": parts["density"] + parts["color"]}[which]
+    if not parts["grid"]:
+        raise UserError(
+            "ed-nerf-edit found no hash-grid parameters in the field to edit (an unexpected field layout); pass "
+            "--pipeline.model.implementation torch to rebuild it with the project's own grids"
+        )
+    return parts["grid"], mlps

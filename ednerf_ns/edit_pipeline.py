@@ -104,10 +104,10 @@ class EdNerfEditPipeline(EdNerfPipeline):
         cfg = self.model.config
         views = self.datamanager.cached_train
         source = resolve_mask_source(cfg.mask_source, cfg.mask_prompt, has_dataset_masks="latent_mask" in views[0])
-        if source == "prompt" and not (cfg.mask_prompt or "").strip():
-            raise UserError("--pipeline.model.mask-source prompt needs --pipeline.model.mask-prompt 'the region'")
+        # (--pipeline.model.mask-source prompt without a mask prompt was refused by ednerf_ns.validate)
         if source == "dataset" and "latent_mask" not in views[0]:
-            raise UserError("--pipeline.model.mask-source dataset, but the dataset has no masks (mask_path)")
+            raise UserError("--pipeline.model.mask-source dataset, but the dataset has no masks (mask_path); pass "
+                            "--pipeline.model.mask-source auto, none or prompt")
         segmenter = None
         if source == "prompt":
             cache = (self.datamanager.config.cache_dir or default_cache_dir()) / "masks"
@@ -214,11 +214,7 @@ def merge_source_config(
         if not user_set(f"pipeline.model.{name}", getattr(cli.model, name), getattr(defaults.model, name)):
             if hasattr(src_pipeline.model, name):
                 setattr(merged.model, name, copy.deepcopy(getattr(src_pipeline.model, name)))
-    if merged.model.diffusion_model != src_pipeline.model.diffusion_model:
-        warn(
-            f"editing with diffusion model '{merged.model.diffusion_model}' but the source run was trained with "
-            f"'{src_pipeline.model.diffusion_model}': their VAEs must share one latent space"
-        )
+    # (a --pipeline.model.diffusion-model other than the source run's was refused by ednerf_ns.validate)
     src_dm = src_pipeline.datamanager
     if isinstance(src_dm, LatentDatamanagerConfig):
         dm = copy.deepcopy(src_dm)

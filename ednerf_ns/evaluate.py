@@ -21,10 +21,9 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-import tyro
 from torch import Tensor
 
-from ednerf_ns.errors import UserError, first_line, warn
+from ednerf_ns.errors import ArgumentError, UserError, first_line, warn
 from ednerf_ns.runs import RenderedView
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
@@ -283,7 +282,7 @@ class ClipScorer:
             else:  # transformers' hub messages run to several sentences; say what happened in a few words
                 reason = "not a local folder, and not a hub id this machine can load (offline, or misspelled?)"
             raise UserError(
-                f"could not load the CLIP model '{model}': {reason}. Pass --clip-model <local folder with a "
+                f"could not load the CLIP model '{model}': {reason}; pass --clip-model <local folder with a "
                 f"transformers CLIPModel and CLIPProcessor> (or a reachable hub id), or --no-clip to skip the CLIP "
                 f"metrics"
             ) from None
@@ -339,7 +338,7 @@ def resolve_prompts(edited_config, source_prompt: str | None, target_prompt: str
     model = edited_config.pipeline.model
     if edited_config.method_name != "ed-nerf-edit":
         if source_prompt is None or target_prompt is None:
-            raise UserError(
+            raise ArgumentError(
                 f"--edited is an '{edited_config.method_name}' run, which records no prompts: pass --source-prompt "
                 f"'what the source shows' and --target-prompt 'what the edit asked for'"
             )
@@ -367,7 +366,7 @@ def check_same_scene(source_pipeline, edited_pipeline, split: str, source_path: 
     if len(a) != len(b):
         raise UserError(
             f"'{source_path}' and '{edited_path}' are not runs of the same scene: {len(a)} vs {len(b)} {split} "
-            f"views {where}"
+            f"views {where}; pass --edited an edit of --source"
         )
     same = torch.allclose(a.camera_to_worlds, b.camera_to_worlds, atol=1e-4) and all(
         torch.allclose(getattr(a, k).float(), getattr(b, k).float(), atol=1e-3)
@@ -375,7 +374,8 @@ def check_same_scene(source_pipeline, edited_pipeline, split: str, source_path: 
     )
     if not same:
         raise UserError(
-            f"'{source_path}' and '{edited_path}' are not runs of the same scene: their {split} cameras differ {where}"
+            f"'{source_path}' and '{edited_path}' are not runs of the same scene: their {split} cameras differ "
+            f"{where}; pass --edited an edit of --source"
         )
 
 
@@ -388,15 +388,17 @@ def main(cfg: EvalConfig) -> dict:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ednerf_ns.edit_model import EdNerfEditModelConfig
-    from ednerf_ns.runs import contact_sheet, load_run, read_run_config, save_png
+    from ednerf_ns.errors import check_writable_folder
+    from ednerf_ns.runs import check_run, contact_sheet, load_run, save_png
+    from ednerf_ns.validate import check_range
 
     start = time.time()
-    if cfg.max_views is not None and cfg.max_views < 1:
-        raise UserError(f"--max-views {cfg.max_views}: render at least one view")
-    if not 0 < cfg.consistency_tolerance < 1:
-        raise UserError("--consistency-tolerance is a relative depth difference in (0, 1), e.g. 0.05")
-    source_file, _ = read_run_config(cfg.source, "--source")
-    edited_file, edited_config = read_run_config(cfg.edited, "--edited")
+    check_range(cfg.max_views, "--max-views", low=1, hint="render at least one view")
+    check_range(cfg.consistency_tolerance, "--consistency-tolerance", low=0, high=1, low_open=True, high_open=True,
+                hint="pass a relative depth difference, e.g. 0.05")  # fmt: skip
+    check_writable_folder(cfg.output_dir, "--output-dir")
+    source_file, _, _ = check_run(cfg.source, "--source")
+    edited_file, edited_config, _ = check_run(cfg.edited, "--edited")
     source_prompt, target_prompt, prompt_origin = resolve_prompts(edited_config, cfg.source_prompt, cfg.target_prompt)
     edit_model = edited_config.pipeline.model
     defaults = EdNerfEditModelConfig()
@@ -609,8 +611,9 @@ def _diff(a: float | None, b: float | None) -> float | None:
 
 
 def entrypoint() -> None:
-    tyro.extras.set_accent_color("bright_yellow")
-    main(tyro.cli(EvalConfig))
+    from ednerf_ns.errors import run_command
+
+    run_command("ednerf-eval", EvalConfig, main)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ density MLP, direction encoding, appearance embedding - is nerfacto's, reused by
 
 from __future__ import annotations
 
+import copy
 from typing import Literal
 
 import torch
@@ -52,6 +53,15 @@ class LatentField(NerfactoField):
             implementation=implementation,
         )
         self.latent_channels = latent_channels
+        self.density_base: torch.nn.Module | None = None
+        self._register_load_state_dict_pre_hook(_complete_frozen_geometry, with_module=True)
+
+    def freeze_geometry(self) -> None:
+        """From now on take the density from a frozen copy of the density network (hash grid + density MLP) and
+        only the colour features from `mlp_base`: training then changes what the scene looks like, never its
+        shape. Call it before loading weights: a state without `density_base` entries gets them from `mlp_base`
+        (the geometry the weights were trained with)."""
+        self.density_base = copy.deepcopy(self.mlp_base).requires_grad_(False)
 
     def get_density(self, ray_samples: RaySamples) -> tuple[Tensor, Tensor]:
         """nerfacto's density, without marking the sample positions as requiring a gradient.
@@ -71,6 +81,27 @@ class LatentField(NerfactoField):
         self._sample_locations = positions
         h = self.mlp_base(positions.view(-1, 3)).view(*ray_samples.frustums.shape, -1)
         raw_density, features = torch.split(h, [1, self.geo_feat_dim], dim=-1)
+        if self.density_base is not None:
+            with torch.no_grad():
+                frozen = self.density_base(positions.view(-1, 3)).view(*ray_samples.frustums.shape, -1)
+            raw_density = frozen[..., :1]
         self._density_before_activation = raw_density
         density = self.average_init_density * trunc_exp(raw_density.to(positions)) * inside
         return density, features
+
+
+def complete_frozen_geometry(state: dict, own_keys) -> dict:
+    """Fill the `density_base` entries a state lacks (a source run, or an edit saved before geometry could be
+    frozen) from its `mlp_base` entries: the frozen copy starts as the geometry those weights were trained with."""
+    for key in [k for k in own_keys if ".density_base." in f".{k}" and k not in state]:
+        source = key.replace("density_base.", "mlp_base.", 1)
+        if source in state:
+            state[key] = state[source].clone()
+    return state
+
+
+def _complete_frozen_geometry(module, state_dict, prefix, *args) -> None:
+    """load_state_dict pre-hook of LatentField (nerfstudio's own loading path: ns-viewer, ns-render, ns-eval)."""
+    if module.density_base is not None:
+        own = [prefix + k for k in module.state_dict() if k.startswith("density_base.")]
+        complete_frozen_geometry(state_dict, own)

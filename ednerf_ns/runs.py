@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from ednerf_ns.errors import UserError, first_line
+from ednerf_ns.errors import ArgumentError, UserError, first_line
 
 
 def train_in_process(config, on_step: Callable[[int], None] | None = None) -> Path:
@@ -98,23 +98,53 @@ def read_run_config(path: Path, flag: str | None = None) -> tuple[Path, object]:
     file = run_config_file(path)
     what = f"{flag} '{path}'" if flag else f"'{file}'"
     if not file.is_file():
-        raise UserError(f"{what} does not exist; pass the config.yml (or the folder) of an ed-nerf or ed-nerf-edit run")
+        raise ArgumentError(
+            f"{what} does not exist; pass the config.yml (or the folder) of an ed-nerf or ed-nerf-edit run"
+        )
     try:
         config = yaml.load(file.read_text(), Loader=yaml.Loader)
     except Exception as exc:
-        raise UserError(f"could not read {what}: {first_line(exc, 200)}") from None
+        raise UserError(f"could not read {what}: {first_line(exc, 200)}; pass the config.yml of a run") from None
     method = config.get("method_name") if isinstance(config, dict) else getattr(config, "method_name", None)
     if method not in ED_NERF_METHODS:
-        raise UserError(f"{what} is a '{method}' run, not an ed-nerf run")
+        raise UserError(f"{what} is a '{method}' run, not an ed-nerf run; pass an ed-nerf or ed-nerf-edit run")
+    if not hasattr(config, "pipeline"):
+        raise UserError(f"{what} is not a complete run config (no pipeline); pass the config.yml ns-train wrote")
     return file, config
 
 
-def load_run(config_path: Path, test_mode: str = "test"):
-    """nerfstudio's eval_setup for an ed-nerf run, with one-line errors instead of tracebacks."""
-    from nerfstudio.utils.eval_utils import eval_setup
+def check_run(path: Path, flag: str | None = None, with_data: bool = True) -> tuple[Path, object, Path]:
+    """The validation pass for a finished run that a command reads: its config.yml, a readable checkpoint in the
+    nerfstudio_models folder next to it, and (`with_data`) its dataset. Returns (config.yml, config, checkpoint)."""
+    from ednerf_ns.checkpoint import find_checkpoint
+    from ednerf_ns.validate import check_dataset
 
-    config_path, _ = read_run_config(config_path)
-    _, pipeline, _, _ = eval_setup(config_path, test_mode=test_mode)  # type: ignore[arg-type]
+    file, config = read_run_config(path, flag)
+    models = file.parent / "nerfstudio_models"
+    if not models.is_dir():
+        raise UserError(f"run '{file.parent}' has no nerfstudio_models folder; did its training save a checkpoint?")
+    checkpoint, _ = find_checkpoint(models, None, flag or f"'{file}'")
+    if with_data:
+        check_dataset(config.pipeline.datamanager)  # type: ignore[attr-defined]
+    return file, config, checkpoint
+
+
+def load_run(config_path: Path, test_mode: str = "test"):
+    """A finished ed-nerf run's pipeline, as nerfstudio's eval_setup builds it, with the checkpoint taken from the
+    nerfstudio_models folder next to config.yml (so a moved run still loads), read with weights_only=True and
+    verified, and one-line errors instead of tracebacks."""
+    from nerfstudio.configs.method_configs import all_methods
+
+    from ednerf_ns.checkpoint import load_verified, read_checkpoint
+
+    _, config, checkpoint = check_run(config_path, with_data=test_mode != "inference")
+    config.pipeline.datamanager._target = all_methods[config.method_name].pipeline.datamanager._target  # type: ignore
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    pipeline = config.pipeline.setup(device=device, test_mode=test_mode)  # type: ignore[attr-defined]
+    pipeline.eval()
+    state = read_checkpoint(checkpoint)
+    pipeline.model.update_to_step(int(state.get("step", 0)))  # what nerfstudio's load_pipeline does first
+    load_verified(pipeline, state["pipeline"], f"checkpoint '{checkpoint}'")
     return pipeline
 
 

@@ -31,7 +31,7 @@ class TextSegmenter:
             reason = first_line(exc, 200)
             raise UserError(
                 f"could not load the segmentation model '{model}' needed by --pipeline.model.mask-prompt: "
-                f"{reason}. Pass --pipeline.model.segmentation-model <local CLIPSeg folder>, or use the "
+                f"{reason}; pass --pipeline.model.segmentation-model <local CLIPSeg folder>, or use the "
                 f"dataset's masks / no mask instead"
             ) from None
         self.cache_dir = cache_dir

@@ -1,19 +1,39 @@
-"""Trainers for both stages: safe checkpoint loading, and a config.yml that records what was really built."""
+"""Trainers for both stages: one validation pass before any work, safe checkpoint loading and saving, a config.yml
+that records what was really built, and faults while running (a failed save, Ctrl-C, a diverging run) reported in
+one line."""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
 import functools
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocation
 from nerfstudio.engine.trainer import Trainer, TrainerConfig
+from nerfstudio.utils import writer
 from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor
 
-from ednerf_ns.checkpoint import find_checkpoint, load_verified, read_checkpoint
+from ednerf_ns.checkpoint import find_checkpoint, load_verified, read_checkpoint, save_atomic
+from ednerf_ns.errors import (
+    ArgumentError,
+    Interrupted,
+    UserError,
+    check_writable_folder,
+    command,
+    first_line,
+    one_line_errors,
+    os_error_line,
+    set_command,
+    warn,
+)
+from ednerf_ns.health import StepHealth, all_finite
 from ednerf_ns.step_graph import StepGraphRunner
 
 
@@ -22,18 +42,30 @@ class EdNerfTrainerConfig(TrainerConfig):
     """nerfstudio's TrainerConfig; `--load-dir` resumes an ed-nerf run (loaded with weights_only=True)."""
 
     _target: type = field(default_factory=lambda: EdNerfTrainer)
+    max_bad_steps: int = 20
+    """Stop the run, in one line and without saving, after this many consecutive steps whose loss was NaN or
+    infinite (a diverged run does not recover). Read on the host every --logging.steps-per-log steps (or every
+    max-bad-steps, if fewer), so training never waits for the GPU to check."""
 
     def validate(self) -> None:
-        """Check the user's inputs that can be checked without loading anything."""
-        from ednerf_ns.datamanager import check_dataset_path
+        """The validation pass: every input this stage reads that can be checked without loading a model."""
+        from ednerf_ns.validate import check_dataset, check_options
 
-        check_dataset_path(self.pipeline.datamanager)
+        check_options(self)
+        if self.load_dir is not None:  # resuming (or, for an edit, the source run): a checkpoint must be there
+            find_checkpoint(self.load_dir, self.load_step)
+        if self.load_checkpoint is not None and not Path(self.load_checkpoint).expanduser().is_file():
+            raise ArgumentError(f"--load-checkpoint '{self.load_checkpoint}' does not exist; pass a step-*.ckpt file")
+        check_dataset(self.pipeline.datamanager)
+        check_writable_folder(self.output_dir, "--output-dir")
 
     def save_config(self) -> None:
         # ns-train saves config.yml (creating the run folder) before it builds anything: validate first, so a
         # mistyped path fails in one line without leaving an empty run behind.
-        self.validate()
-        super().save_config()
+        set_command(self.method_name or "ed-nerf", method=True)
+        with one_line_errors():
+            self.validate()
+            super().save_config()
 
 
 class EdNerfTrainer(Trainer):
@@ -43,15 +75,117 @@ class EdNerfTrainer(Trainer):
     config: EdNerfTrainerConfig
     step_graph: StepGraphRunner | None = None
     """Runs the training steps (see ednerf_ns.step_graph); None = nerfstudio's eager train_iteration."""
+    health: StepHealth | None = None
+    """Device-side count of non-finite steps (see ednerf_ns.health)."""
+    completed_step: int | None = None
+    """The last training step that finished (None before the first)."""
 
     def setup(self, test_mode="val") -> None:
-        super().setup(test_mode=test_mode)
-        if self.local_rank == 0:
-            self.config.save_config()
-        cameras = getattr(self.pipeline.datamanager, "train_cameras", None)
-        if cameras is not None:
-            self.pipeline.model.cache_training_rays(cameras)
-        self.step_graph = self._make_step_graph()
+        set_command(self.config.method_name or "ed-nerf", method=True)
+        with self.faults_in_one_line():
+            super().setup(test_mode=test_mode)
+            if self.local_rank == 0:
+                TrainerConfig.save_config(self.config)  # validated already: only rewrite what was built
+            cameras = getattr(self.pipeline.datamanager, "train_cameras", None)
+            if cameras is not None:
+                self.pipeline.model.cache_training_rays(cameras)
+            self.step_graph = self._make_step_graph()
+            self.health = StepHealth(self.device)
+            where = [TrainingCallbackLocation.AFTER_TRAIN_ITERATION]
+            self.callbacks.append(TrainingCallback(where, self._after_step, update_every_num_iters=1))
+
+    def train(self) -> None:
+        with self.faults_in_one_line():
+            CONSOLE.log("Training; Ctrl-C stops it and saves the last step")
+            super().train()
+
+    # ------------------------------------------------------------------ faults
+    @contextmanager
+    def faults_in_one_line(self) -> Iterator[None]:
+        """Bad input, failed writes and Ctrl-C end the command with one line (see ednerf_ns.errors)."""
+        try:
+            with one_line_errors():
+                yield
+        except KeyboardInterrupt:
+            with one_line_errors():
+                self._stop_interrupted()
+
+    def _after_step(self, step: int) -> None:  # nerfstudio passes `step` by name
+        self.completed_step = step
+        every = max(1, min(self.config.logging.steps_per_log, self.config.max_bad_steps))
+        if (step + 1) % every == 0:
+            self.check_health(step)
+
+    def check_health(self, step: int, saving: bool = False) -> None:
+        """Read the non-finite step counters (one synchronisation): report new ones, stop a diverged run. Before a
+        save, also check that every parameter is finite: a NaN checkpoint is never written."""
+        if self.health is None:
+            return
+        total, consecutive = self.health.read()
+        if total > self.health.reported:
+            warn(f"{total - self.health.reported} more training steps had a NaN or infinite loss ({total} so far)")
+            writer.put_scalar(name="Non-finite steps", scalar=total, step=step)
+            self.health.reported = total
+        diverged = consecutive >= self.config.max_bad_steps
+        if not diverged and (consecutive > 0 or saving):
+            diverged = not all_finite(self.pipeline.model)
+        if diverged:
+            raise UserError(
+                f"training diverged at step {step} ({consecutive} steps in a row had a NaN or infinite loss, {total} "
+                f"in all) and the model is not saved (last good checkpoint: {self._latest_checkpoint()}); lower the "
+                "learning rates (--optimizers.fields.optimizer.lr ...) and train again"
+            )
+
+    def _latest_checkpoint(self) -> str:
+        try:
+            path, _ = find_checkpoint(self.checkpoint_dir, None)
+        except UserError:
+            return "none"
+        return f"'{path}'"
+
+    def _stop_interrupted(self) -> None:
+        """Ctrl-C: save the last finished step if the model is sound, say how to go on, exit 130."""
+        self.shutdown()
+        step = self.completed_step
+        if step is None or getattr(self, "pipeline", None) is None:
+            line = "interrupted before the first training step; nothing was saved"
+        elif not all_finite(self.pipeline.model):
+            line = (
+                f"interrupted after step {step}; not saved: the model is no longer finite (last good checkpoint: "
+                f"{self._latest_checkpoint()}); lower the learning rates and train again"
+            )
+        else:
+            path = self.save_checkpoint(step, check=False)
+            line = f"interrupted after step {step}; saved '{path}'; {self.resume_hint()}"
+        print(f"{command()}: {line}", file=sys.stderr, flush=True)
+        raise Interrupted(line)
+
+    def resume_hint(self) -> str:
+        return f"resume with: ns-train {self.config.method_name} --load-dir '{self.checkpoint_dir}' <same options>"
+
+    def save_checkpoint(self, step: int, check: bool = True) -> Path:  # type: ignore[override]
+        """nerfstudio's checkpoint, written atomically (see checkpoint.save_atomic); never a NaN model; a failed
+        save is one line and keeps the earlier checkpoints."""
+        if check:
+            self.check_health(step, saving=True)
+        path = self.checkpoint_dir / f"step-{step:09d}.ckpt"
+        state = {
+            "step": step,
+            "pipeline": self.pipeline.state_dict(),
+            "optimizers": {k: v.state_dict() for k, v in self.optimizers.optimizers.items()},
+            "schedulers": {k: v.state_dict() for k, v in self.optimizers.schedulers.items()},
+            "scalers": self.grad_scaler.state_dict(),
+        }
+        try:
+            save_atomic(state, path)
+        except Exception as exc:
+            kept = f"the earlier checkpoints are kept, latest: {self._latest_checkpoint()}"
+            raise UserError(save_error_line(exc, f"could not save checkpoint '{path}'", kept)) from exc
+        if self.config.save_only_latest_checkpoint:
+            for old in self.checkpoint_dir.glob("step-*.ckpt"):
+                if old != path:
+                    old.unlink()
+        return path
 
     def _make_step_graph(self) -> StepGraphRunner | None:
         model = self.pipeline.model
@@ -75,9 +209,14 @@ class EdNerfTrainer(Trainer):
     def train_iteration(self, step: int):
         runner = self.step_graph
         if runner is None:
-            return super().train_iteration(step)
-        with runner.stream_scope():
-            return self._graph_train_iteration(runner, step)
+            out = super().train_iteration(step)
+        else:
+            with runner.stream_scope():
+                out = self._graph_train_iteration(runner, step)
+                self.health.record(out[0])  # type: ignore[union-attr]
+                return out
+        self.health.record(out[0])  # type: ignore[union-attr]
+        return out
 
     def _graph_train_iteration(self, runner: StepGraphRunner, step: int):
         # nerfstudio's train_iteration for this trainer's settings (no scaler, no accumulation), with the forward
@@ -138,7 +277,7 @@ class EdNerfEditTrainerConfig(EdNerfTrainerConfig):
 
     def validate(self) -> None:
         from ednerf_ns.checkpoint import locate_source_run
-        from ednerf_ns.errors import UserError
+        from ednerf_ns.validate import check_same_cameras, check_same_diffusion_model
 
         if self.resume is not None:
             self._adopt_resumed_run()
@@ -155,16 +294,20 @@ class EdNerfEditTrainerConfig(EdNerfTrainerConfig):
                 )
             self.load_dir = load_dir
         if not (self.pipeline.model.prompt or "").strip():
-            raise UserError('the target prompt is empty; pass --prompt "what the edited scene should show"')
+            raise ArgumentError('the target prompt is empty; pass --prompt "what the edited scene should show"')
         if self.load_dir is None:
-            raise UserError(
+            raise ArgumentError(
                 "ed-nerf-edit needs the run to edit: pass --source-run <ed-nerf run folder> "
                 "(or --load-dir <run>/nerfstudio_models)"
             )
         source = locate_source_run(self.load_dir, self.load_step)
+        source_data = getattr(source.config.pipeline.datamanager, "data", None)
+        check_same_diffusion_model(self.pipeline.model.diffusion_model, source)
         if self.pipeline.datamanager.data is None:
             # No --data: edit the source run's scene (and name the run after it, as ns-train does).
-            self.pipeline.datamanager.data = getattr(source.config.pipeline.datamanager, "data", None)
+            self.pipeline.datamanager.data = source_data
+        else:
+            check_same_cameras(source_data, self.pipeline.datamanager.data)
         super().validate()
 
     def _adopt_resumed_run(self) -> None:
@@ -237,14 +380,19 @@ class EdNerfEditTrainer(EdNerfTrainer):
         from ednerf_ns.configs import ed_nerf_edit_trainer
         from ednerf_ns.edit_pipeline import merge_source_config
 
-        self.config.validate()
-        source = locate_source_run(self.config.load_dir, self.config.load_step)
-        CONSOLE.log(f"Editing {source.checkpoint_path} (trained {source.step + 1} steps); it will not be modified")
-        if self.config.resume is None:
-            defaults = ed_nerf_edit_trainer().pipeline
-            given = command_line_options()
-            self.config.pipeline = merge_source_config(self.config.pipeline, source, defaults, given)
-        super().setup(test_mode=test_mode)  # saves config.yml again, now with the source's architecture
+        set_command(self.config.method_name or "ed-nerf-edit", method=True)
+        with self.faults_in_one_line():
+            self.config.validate()
+            source = locate_source_run(self.config.load_dir, self.config.load_step)
+            CONSOLE.log(f"Editing {source.checkpoint_path} (trained {source.step + 1} steps); it will not be modified")
+            if self.config.resume is None:
+                defaults = ed_nerf_edit_trainer().pipeline
+                given = command_line_options()
+                self.config.pipeline = merge_source_config(self.config.pipeline, source, defaults, given)
+            super().setup(test_mode=test_mode)  # saves config.yml again, now with the source's architecture
+
+    def resume_hint(self) -> str:
+        return f"continue this edit with: ns-train ed-nerf-edit --resume '{self.base_dir}'"
 
     def _load_checkpoint(self) -> None:
         if self.config.resume is not None:
@@ -276,6 +424,19 @@ class EdNerfEditTrainer(EdNerfTrainer):
                 self.config.save_config()
             finally:
                 self.config.max_num_iterations = running
+
+
+def save_error_line(exc: BaseException, what: str, note: str) -> str:
+    """One line for a failed write. torch.save reports the OSError of a full disk (or a file-size limit) as a
+    RuntimeError from its C++ writer, with the OSError as the context: name that."""
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, OSError):
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(cause, OSError):
+        line = os_error_line(cause, what, name_file=False)
+        head, _, hint = line.partition("; ")
+        return f"{head} ({note}); {hint}"
+    return f"{what}: {first_line(exc, 160)} ({note}); check the disk and the output folder"
 
 
 def loss_and_backward(model, outputs: dict, batch: dict) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:

@@ -38,6 +38,25 @@ def test_demo_writes_its_outputs(demo):
         assert isinstance(metrics[key], float), key
 
 
+def test_demo_writes_a_before_after_orbit(demo):
+    import imageio_ffmpeg
+
+    out, metrics = demo
+    assert metrics["videos"] == [str(out / "before_after.gif"), str(out / "before_after.mp4")]
+    with Image.open(out / "before_after.gif") as gif:
+        assert gif.n_frames == 36
+        gif.seek(0)
+        first = np.asarray(gif.convert("RGB"))
+        gif.seek(18)
+        half_way = np.asarray(gif.convert("RGB"))
+    assert not np.array_equal(first, half_way)  # the camera goes around
+    width = first.shape[1]
+    before, after = first[40:, : width // 2].astype(float), first[40:, width // 2 :].astype(float)
+    assert np.abs(before.mean((0, 1)) - after.mean((0, 1))).max() > 1  # the halves are not the same render
+    reader = imageio_ffmpeg.read_frames(str(out / "before_after.mp4"))
+    assert next(reader)["codec"] == "h264" and sum(1 for _ in reader) == 36
+
+
 def test_demo_edit_recolours_the_object_and_keeps_the_rest(demo):
     _, metrics = demo
     assert metrics["latent_psnr"] > 20.0

@@ -120,3 +120,11 @@ def test_timesteps_stay_in_range_and_weights():
     assert torch.all(guidance.timestep_weight(t, ALPHAS, "uniform") == 1)
     w = guidance.timestep_weight(t, ALPHAS, "sds")
     assert torch.allclose(w.flatten(), 1 - ALPHAS[t])
+
+
+def test_annealed_timesteps_stay_in_the_moving_range():
+    latents = torch.zeros(4096, 1, 1, 1)
+    t, _ = guidance.sample_timestep_and_noise(latents, 50.0, torch.tensor(500.0))
+    assert int(t.min()) == 50 and int(t.max()) == 500
+    t, _ = guidance.sample_timestep_and_noise(latents, 50.0, torch.tensor(20.0))  # an upper bound below t_min
+    assert torch.all(t == 50)

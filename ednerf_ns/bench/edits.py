@@ -126,42 +126,53 @@ PASS_RULE = {"target_color_score": 0.8, "object_psnr_gain": 3.0, "shape_iou": 0.
 against the true target, IoU of the object region before/after, dB outside the edit region)."""
 
 # Named option sets (dotted TrainerConfig paths, see ednerf_ns.runs.apply_overrides). "default" is the method's
-# defaults; the others are the levers measured in docs/results.md.
+# defaults; "before" the edit defaults before this suite existed; the others are the levers measured in
+# docs/results.md (each names every option it ran with, so a later change of a default does not change it).
+_M = "pipeline.model."
+_GEOMETRY = {_M + "edit_geometry": True}
 VARIANTS: dict[str, dict[str, object]] = {
     "default": {},
-    "before": {  # the edit defaults before the suite existed
-        "pipeline.model.edit_field": "grid",
-        "pipeline.model.t_schedule": "uniform",
-    },
-    "grid_and_color": {"pipeline.model.edit_field": "grid_and_color"},
-    "all_mlps": {"pipeline.model.edit_field": "all"},
-    "t_anneal": {"pipeline.model.t_schedule": "anneal"},
-    "source_render": {"pipeline.model.source_latent": "render"},
-    "grid_lr_3e-3": {"optimizers.fields.optimizer.lr": 3e-3},
-    "grid_eps_1e-6": {"optimizers.fields.optimizer.eps": 1e-6},
-    "grid_eps_1e-5": {"optimizers.fields.optimizer.eps": 1e-5},
-    "refinement_trained": {"pipeline.model.train_refinement": True},
+    "before": {**_GEOMETRY, _M + "edit_field": "grid", _M + "t_schedule": "uniform"},
+    "geometry_frozen": {_M + "edit_geometry": False},
+    "grid_only": {_M + "edit_field": "grid"},
+    # round 1 (tune half): one lever each, from `before`
+    "grid_and_color": {**_GEOMETRY, _M + "edit_field": "grid_and_color"},
+    "all_mlps": {**_GEOMETRY, _M + "edit_field": "all"},
+    "t_anneal": {**_GEOMETRY, _M + "edit_field": "grid", _M + "t_schedule": "anneal"},
+    "source_render": {**_GEOMETRY, _M + "edit_field": "grid", _M + "source_latent": "render"},
+    "grid_lr_3e-3": {**_GEOMETRY, _M + "edit_field": "grid", "optimizers.fields.optimizer.lr": 3e-3},
+    "grid_eps_1e-6": {**_GEOMETRY, _M + "edit_field": "grid", "optimizers.fields.optimizer.eps": 1e-6},
+    "grid_eps_1e-5": {**_GEOMETRY, _M + "edit_field": "grid", "optimizers.fields.optimizer.eps": 1e-5},
+    "refinement_trained": {**_GEOMETRY, _M + "edit_field": "grid", _M + "train_refinement": True},
+    "guidance_15": {**_GEOMETRY, _M + "edit_field": "grid", _M + "guidance_scale": 15.0},
     "color_render_anneal": {
-        "pipeline.model.edit_field": "grid_and_color",
-        "pipeline.model.source_latent": "render",
-        "pipeline.model.t_schedule": "anneal",
+        **_GEOMETRY,
+        _M + "edit_field": "grid_and_color",
+        _M + "source_latent": "render",
+        _M + "t_schedule": "anneal",
     },
-    "mlps_render": {"pipeline.model.edit_field": "all", "pipeline.model.source_latent": "render"},
-    "gc_guidance_15": {"pipeline.model.edit_field": "grid_and_color", "pipeline.model.guidance_scale": 15.0},
-    "gc_weight_2": {"pipeline.model.edit_field": "grid_and_color", "pipeline.model.guidance_weight": 2.0},
-    "gc_lr_2e-2": {"pipeline.model.edit_field": "grid_and_color", "optimizers.fields.optimizer.lr": 2e-2},
+    "mlps_render": {**_GEOMETRY, _M + "edit_field": "all", _M + "source_latent": "render"},
+    # round 2 (tune half): on top of grid_and_color
+    "gc_guidance_15": {**_GEOMETRY, _M + "edit_field": "grid_and_color", _M + "guidance_scale": 15.0},
+    "gc_weight_2": {**_GEOMETRY, _M + "edit_field": "grid_and_color", _M + "guidance_weight": 2.0},
+    "gc_lr_2e-2": {**_GEOMETRY, _M + "edit_field": "grid_and_color", "optimizers.fields.optimizer.lr": 2e-2},
+    "gc_mlp_lr_1e-2": {
+        **_GEOMETRY,
+        _M + "edit_field": "grid_and_color",
+        "optimizers.field_mlps.optimizer.lr": 1e-2,
+    },
     "gc_strong": {
-        "pipeline.model.edit_field": "grid_and_color",
-        "pipeline.model.guidance_weight": 3.0,
+        **_GEOMETRY,
+        _M + "edit_field": "grid_and_color",
+        _M + "guidance_weight": 3.0,
         "optimizers.field_mlps.optimizer.lr": 1e-2,
     },
     "gc_anneal_w3": {
-        "pipeline.model.edit_field": "grid_and_color",
-        "pipeline.model.t_schedule": "anneal",
-        "pipeline.model.guidance_weight": 3.0,
+        **_GEOMETRY,
+        _M + "edit_field": "grid_and_color",
+        _M + "t_schedule": "anneal",
+        _M + "guidance_weight": 3.0,
     },
-    "gc_mlp_lr_1e-2": {"pipeline.model.edit_field": "grid_and_color", "optimizers.field_mlps.optimizer.lr": 1e-2},
-    "guidance_15": {"pipeline.model.guidance_scale": 15.0},
 }
 
 
@@ -198,6 +209,8 @@ class EditSuiteConfig:
     """Internal: 'k/n' runs every n-th pair from the k-th (what each worker of --jobs runs)."""
     limit: int | None = None
     """Run only the first N pairs (smoke tests)."""
+    summarize_only: bool = False
+    """Run nothing: summarise the pairs whose results are already in --output-dir (e.g. after a time limit)."""
     diffusion_model: str = field(default_factory=lambda: str(EMBEDDED_MODEL))
     """Diffusion model (diffusers layout). Default: the tiny model shipped with ednerf_ns."""
     picture_views: int = 3
@@ -248,7 +261,10 @@ def parse_variants(entries: tuple[str, ...]) -> dict[str, dict[str, object]]:
             if "=" not in item:
                 raise UserError(f"--variants '{entry}': '{item}' must be path=value")
             path, _, value = item.partition("=")
-            overrides[path.strip()] = yaml.safe_load(value.strip())
+            try:  # numbers as JSON reads them (YAML would keep '3e-3' a string), then YAML (True, grid, ...)
+                overrides[path.strip()] = json.loads(value.strip())
+            except ValueError:
+                overrides[path.strip()] = yaml.safe_load(value.strip())
         out[name.strip()] = overrides
     if not out:
         raise UserError("--variants is empty; pass at least 'default'")
@@ -295,7 +311,9 @@ def main(cfg: EditSuiteConfig) -> dict | None:
         for pair in pairs[k::n]:
             run_pair(pair, cfg, variants, device, out)
         return None
-    if cfg.jobs > 1:
+    if cfg.summarize_only:
+        pass
+    elif cfg.jobs > 1:
         run_workers(cfg, out, min(cfg.jobs, len(pairs)))
     else:
         for pair in pairs:
@@ -374,7 +392,7 @@ def run_pair(pair: Pair, cfg: EditSuiteConfig, variants: dict[str, dict], device
     folder = out / pair.name
     previous = load_result(out, pair, cfg) or {}
     done = previous.get("edit_runs", {})
-    wanted = {name: json.dumps(o, sort_keys=True) for name, o in variants.items()}
+    wanted = {name: variant_key(o) for name, o in variants.items()}
     if previous and all(n in done and done[n]["overrides"] == key for n, key in wanted.items()):
         if cfg.reference_2d <= (previous.get("reference_2d") is not None):
             return previous  # everything asked for is measured already (also on another machine: summaries only)
@@ -395,13 +413,13 @@ def run_pair(pair: Pair, cfg: EditSuiteConfig, variants: dict[str, dict], device
     edit_runs: dict[str, str] = {}
     kept = previous.get("edit_runs", {})
     for name, overrides in variants.items():
-        key = json.dumps(overrides, sort_keys=True)
+        key = variant_key(overrides)
         if name in kept and kept[name]["overrides"] == key and Path(kept[name]["run"]).is_dir():
             edit_runs[name] = kept[name]["run"]
             continue
         found = finished_run(runs / f"edit-{name}", cfg.edit_steps)
         marker = Path(found) / "variant.json" if found else None
-        if marker is not None and (not marker.is_file() or marker.read_text() == key):
+        if marker is not None and marker.is_file() and marker.read_text() == key:
             edit_runs[name] = found  # finished by an interrupted earlier run of this command
             continue
         t0 = time.time()
@@ -431,7 +449,7 @@ def run_pair(pair: Pair, cfg: EditSuiteConfig, variants: dict[str, dict], device
         "settings_key": settings_key(cfg),
         "source_run": source_run,
         "edit_runs": {
-            k: {"run": v, "overrides": json.dumps(variants[k], sort_keys=True)} for k, v in edit_runs.items()
+            k: {"run": v, "overrides": variant_key(variants[k])} for k, v in edit_runs.items()
         },
         **measured,
         "timings_s": timings,
@@ -444,6 +462,16 @@ def run_pair(pair: Pair, cfg: EditSuiteConfig, variants: dict[str, dict], device
         flush=True,
     )
     return result
+
+
+def variant_key(overrides: dict) -> str:
+    """A variant's options and the method's edit defaults they apply to: an edit is reused only while both hold
+    (a changed default changes what 'default' means)."""
+    from ednerf_ns.configs import ed_nerf_edit_trainer
+
+    base = ed_nerf_edit_trainer()
+    defaults = hashlib.sha1(repr((base.pipeline.model, base.optimizers)).encode()).hexdigest()[:10]
+    return json.dumps({"overrides": overrides, "defaults": defaults}, sort_keys=True)
 
 
 def finished_run(folder: Path, steps: int) -> str | None:

@@ -13,9 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import tyro
-
-from ednerf_ns.errors import UserError
+from ednerf_ns.errors import ArgumentError
 
 EMBEDDED_MODEL = Path(__file__).parent / "weights"
 
@@ -47,10 +45,12 @@ class DemoConfig:
     """Image size in pixels (latents are 1/8 of it)."""
     diffusion_model: str = field(default_factory=lambda: str(EMBEDDED_MODEL))
     """Diffusion model (diffusers layout). Default: the tiny model shipped with ednerf_ns."""
+    video_frames: int = 36
+    """Frames of the before/after orbit animation (before_after.gif and .mp4)."""
 
 
 def parse_scene_prompt(prompt: str):
-    """'a red sphere on a wooden floor' -> SceneSpec, or a UserError naming what is missing."""
+    """'a red sphere on a wooden floor' -> SceneSpec, or an ArgumentError naming what is missing."""
     from ednerf_ns.demo.colors import COLOR_NAMES
     from ednerf_ns.demo.scene import FLOORS, SHAPES, ObjectSpec, SceneSpec
 
@@ -59,9 +59,9 @@ def parse_scene_prompt(prompt: str):
     shape = next((w for w in words if w in SHAPES), None)
     floor = next((f for f in FLOORS if f in " ".join(words)), FLOORS[0])
     if color is None or shape is None:
-        raise UserError(
-            f"--source-prompt '{prompt}' must describe a demo scene: 'a <colour> <shape> on a <floor>' with a colour "
-            f"in {', '.join(COLOR_NAMES)} and a shape in {', '.join(SHAPES)}"
+        raise ArgumentError(
+            f"--source-prompt '{prompt}' must describe a demo scene; pass 'a <colour> <shape> on a <floor>' with a "
+            f"colour in {', '.join(COLOR_NAMES)} and a shape in {', '.join(SHAPES)}"
         )
     size = {"sphere": 0.55, "cube": 0.45, "cylinder": 0.45}[shape]
     return SceneSpec(objects=[ObjectSpec(shape, color, size=size, height=1.0)], floor=floor)
@@ -79,15 +79,16 @@ def main(cfg: DemoConfig) -> dict:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ednerf_ns.demo.scene import caption, write_nerfstudio_dataset
+    from ednerf_ns.runs import load_run
+    from ednerf_ns.video import before_after_animation
 
     start = time.time()
+    check_demo_options(cfg)
     spec = parse_scene_prompt(cfg.source_prompt)
     target_color = prompt_color(cfg.target_prompt)
-    if not cfg.target_prompt.strip():
-        raise UserError('--target-prompt is empty; say what the scene should become, e.g. "a blue sphere on ..."')
     device = "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda, but no CUDA device is available; use --device cpu")
+        raise ArgumentError("--device cuda, but no CUDA device is available; use --device cpu")
     train_steps = cfg.train_steps or (400 if cfg.quick else 1500)
     edit_steps = cfg.edit_steps or (120 if cfg.quick else 300)
     out = cfg.output_dir.expanduser().resolve()
@@ -129,8 +130,15 @@ def main(cfg: DemoConfig) -> dict:
         )
 
         task = progress.add_task("Rendering held-out views and measuring", total=1)
-        metrics = measure(source_run, edit_run, target_color, out)
+        before_pipeline, after_pipeline = load_run(source_run / "config.yml"), load_run(edit_run / "config.yml")
+        metrics = measure(before_pipeline, after_pipeline, target_color, out)
         progress.advance(task)
+        task = progress.add_task("Rendering the before/after orbit", total=2 * cfg.video_frames)
+        captions = (f"before: {cfg.source_prompt}", f"after: {cfg.target_prompt}")
+        advance = lambda: progress.advance(task)  # noqa: E731
+        videos, _ = before_after_animation(
+            before_pipeline, after_pipeline, captions, out, frames=cfg.video_frames, on_frame=advance
+        )
 
     metrics.update(
         source_prompt=cfg.source_prompt,
@@ -141,6 +149,7 @@ def main(cfg: DemoConfig) -> dict:
         wall_time_s=round(time.time() - start, 1),
         source_run=str(source_run / "config.yml"),
         edit_run=str(edit_run / "config.yml"),
+        videos=[str(v) for v in videos],
     )
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     report(metrics, out)
@@ -205,16 +214,16 @@ def edit_scene(
     return train_in_process(edit, on_step)
 
 
-def measure(source_run: Path, edit_run: Path, target_color: str | None, out: Path) -> dict:
+def measure(source_pipeline, edit_pipeline, target_color: str | None, out: Path) -> dict:
     """Held-out views of both runs: reconstruction, colour of the object, and what stayed outside it."""
     import numpy as np
 
     from ednerf_ns.demo.colors import object_color_score
     from ednerf_ns.metrics import latent_psnr, psnr
-    from ednerf_ns.runs import contact_sheet, load_run, render_split, save_png
+    from ednerf_ns.runs import contact_sheet, render_split, save_png
 
-    before = render_split(load_run(source_run / "config.yml"))
-    after = render_split(load_run(edit_run / "config.yml"))
+    before = render_split(source_pipeline)
+    after = render_split(edit_pipeline)
 
     def mean(values):
         return round(float(np.mean(values)), 4)
@@ -259,11 +268,29 @@ def report(metrics: dict, out: Path) -> None:
     CONSOLE.print("  look at both runs in the viewer:")
     CONSOLE.print(f"    ns-viewer --load-config {metrics['source_run']}", soft_wrap=True)
     CONSOLE.print(f"    ns-viewer --load-config {metrics['edit_run']}", soft_wrap=True)
+    for video in metrics.get("videos", []):  # last: what to open first
+        CONSOLE.print(f"  before/after orbit: {video}", soft_wrap=True, highlight=False)
+
+
+def check_demo_options(cfg: DemoConfig) -> None:
+    """The demo's validation pass: every option, before the scene is rendered."""
+    from ednerf_ns.errors import check_writable_folder
+    from ednerf_ns.validate import check_range
+
+    if not cfg.target_prompt.strip():
+        raise ArgumentError('--target-prompt is empty; say what the scene should become, e.g. "a blue sphere on ..."')
+    for flag, value in (("--train-steps", cfg.train_steps), ("--edit-steps", cfg.edit_steps)):
+        check_range(value, flag, low=1, hint="pass a whole number of steps >= 1")
+    check_range(cfg.views, "--views", low=9, hint="pass 9 or more views (every 8th is held out for evaluation)")
+    check_range(cfg.resolution, "--resolution", low=32, high=1024, hint="pass an image size in [32, 1024] pixels")
+    check_range(cfg.video_frames, "--video-frames", low=2, hint="pass 2 or more frames")
+    check_writable_folder(cfg.output_dir, "--output-dir")
 
 
 def entrypoint() -> None:
-    tyro.extras.set_accent_color("bright_yellow")
-    main(tyro.cli(DemoConfig))
+    from ednerf_ns.errors import run_command
+
+    run_command("ednerf-demo", DemoConfig, main)
 
 
 if __name__ == "__main__":
