@@ -414,16 +414,18 @@ class EdNerfEditTrainer(EdNerfTrainer):
         self.pipeline._step = step  # type: ignore[attr-defined]
         return super().train_iteration(step)
 
-    def save_checkpoint(self, step: int) -> None:
-        super().save_checkpoint(step)
+    def save_checkpoint(self, step: int, check: bool = True) -> Path:  # type: ignore[override]
+        path = super().save_checkpoint(step, check)
         if self.local_rank == 0:
-            # Prompts and guidance may have changed in the viewer: config.yml records the ones in use.
+            # Prompts and guidance may have changed in the viewer: config.yml records the ones in use (validated
+            # at the start already: only rewritten here, not checked again).
             running = self.config.max_num_iterations
             self.config.max_num_iterations = getattr(self, "_total_steps", running)
             try:
-                self.config.save_config()
+                TrainerConfig.save_config(self.config)
             finally:
                 self.config.max_num_iterations = running
+        return path
 
 
 def save_error_line(exc: BaseException, what: str, note: str) -> str:

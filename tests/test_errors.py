@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import shutil
 import signal
@@ -300,26 +301,44 @@ def test_diverging_run_stops_without_saving(trained_run, tmp_path, cache_dir):
     assert not list((tmp_path / "out").rglob("*.ckpt"))
 
 
-def test_ctrl_c_saves_the_last_step_and_says_how_to_resume(trained_run, tmp_path, cache_dir):
+def interrupt_training(args: list[str], out: Path, command: str, cache: Path) -> tuple[str, int]:
+    """Start a training command, press Ctrl-C once steps run; check the one line and the saved checkpoint.
+    Returns the line and the step it saved."""
     from ednerf_ns.checkpoint import read_checkpoint
 
-    config = run_config(trained_run, tmp_path / "cfg", output_dir=tmp_path / "out", max_num_iterations=100_000)
-    cmd = [sys.executable, *TRAIN, "ed-nerf", "--load-config", str(config)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(cache_dir))
+    cmd = [sys.executable, *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(cache))
     assert proc.stdout is not None
     seen = []
-    for line in proc.stdout:  # wait until the training loop runs
+    for line in proc.stdout:  # wait until a step has finished: nerfstudio's step table prints its first row
         seen.append(line)
-        if "Ctrl-C stops it" in line:
+        if re.search(r"\d+ \(\d+\.\d+%\)", line):
             break
-    time.sleep(4)
+    time.sleep(1)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=300)
     text = "".join(seen) + stdout + stderr
     assert proc.returncode == 130 and "Traceback" not in text, text[-3000:]
     line = stderr.strip().splitlines()[-1]
-    assert line.startswith("ed-nerf: interrupted after step ") and "resume with: ns-train ed-nerf --load-dir" in line
+    assert line.startswith(f"{command}: interrupted after step "), line
     step = int(line.split("after step ")[1].split(";")[0])
-    ckpts = list((tmp_path / "out").rglob("*.ckpt"))
+    ckpts = list(out.rglob("*.ckpt"))
     assert [p.name for p in ckpts] == [f"step-{step:09d}.ckpt"]
     assert read_checkpoint(ckpts[0])["step"] == step
+    return line, step
+
+
+def test_ctrl_c_saves_the_last_step_and_says_how_to_resume(trained_run, tmp_path, cache_dir):
+    config = run_config(trained_run, tmp_path / "cfg", output_dir=tmp_path / "out", max_num_iterations=100_000)
+    args = [*TRAIN, "ed-nerf", "--load-config", str(config)]
+    line, _ = interrupt_training(args, tmp_path / "out", "ed-nerf", cache_dir)
+    assert "resume with: ns-train ed-nerf --load-dir" in line
+
+
+def test_ctrl_c_during_an_edit(trained_run, tmp_path, cache_dir):
+    before = tree_hashes(trained_run)
+    args = [*TRAIN, "ed-nerf-edit", *COMMON, "--source-run", str(trained_run), "--prompt", "a blue sphere",
+            "--output-dir", str(tmp_path / "out"), "--max-num-iterations", "100000"]  # fmt: skip
+    line, _ = interrupt_training(args, tmp_path / "out", "ed-nerf-edit", cache_dir)
+    assert "continue this edit with: ns-train ed-nerf-edit --resume" in line
+    assert tree_hashes(trained_run) == before
