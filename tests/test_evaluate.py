@@ -4,6 +4,7 @@ reprojection geometry on an analytic scene."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -87,6 +88,7 @@ def test_runs_of_different_scenes_are_refused(trained_run, edited_run, tmp_path)
     moved = tmp_path / "moved"
     moved.mkdir()
     (moved / "config.yml").write_text(yaml.dump(config))
+    shutil.copytree(edited_run / "nerfstudio_models", moved / "nerfstudio_models")  # a complete run, moved
     with pytest.raises(UserError, match="not runs of the same scene: their eval cameras differ") as info:
         main(EvalConfig(source=trained_run, edited=moved, output_dir=tmp_path, clip=False))
     assert "\n" not in str(info.value)

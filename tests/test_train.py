@@ -206,7 +206,7 @@ def test_dataset_without_poses(tmp_path, tiny_sd, cache_dir):
     (tmp_path / "scene").mkdir()
     expect_user_error(train_config(tmp_path / "scene", tiny_sd, tmp_path, cache_dir, 2), "transforms.json")
     (tmp_path / "scene" / "transforms.json").write_text(json.dumps({"fl_x": 10, "frames": [{"file_path": "a.png"}]}))
-    expect_user_error(train_config(tmp_path / "scene", tiny_sd, tmp_path, cache_dir, 2), "could not read the dataset")
+    expect_user_error(train_config(tmp_path / "scene", tiny_sd, tmp_path, cache_dir, 2), "frame 0", "transform_matrix")
 
 
 def test_broken_image(tmp_path, tiny_sd, cache_dir):
