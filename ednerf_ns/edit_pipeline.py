@@ -106,8 +106,10 @@ class EdNerfEditPipeline(EdNerfPipeline):
         source = resolve_mask_source(cfg.mask_source, cfg.mask_prompt, has_dataset_masks="latent_mask" in views[0])
         # (--pipeline.model.mask-source prompt without a mask prompt was refused by ednerf_ns.validate)
         if source == "dataset" and "latent_mask" not in views[0]:
-            raise UserError("--pipeline.model.mask-source dataset, but the dataset has no masks (mask_path); pass "
-                            "--pipeline.model.mask-source auto, none or prompt")
+            raise UserError(
+                "--pipeline.model.mask-source dataset, but the dataset has no masks (mask_path); pass "
+                "--pipeline.model.mask-source auto, none or prompt"
+            )
         segmenter = None
         if source == "prompt":
             cache = (self.datamanager.config.cache_dir or default_cache_dir()) / "masks"

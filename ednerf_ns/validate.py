@@ -213,21 +213,21 @@ def check_frames(file: Path, meta: dict) -> list[tuple[Path, Path | None]]:
     for i, frame in enumerate(meta["frames"]):
         where = f"frame {i} of '{file}'"
         if not isinstance(frame, dict) or not frame.get("file_path"):
-            raise UserError(f"{where} has no \"file_path\"; every frame names its image")
+            raise UserError(f'{where} has no "file_path"; every frame names its image')
         matrix = frame.get("transform_matrix")
         try:
             pose = np.asarray(matrix, dtype=np.float64)
         except (TypeError, ValueError):
             pose = np.zeros(0)
         if pose.shape not in ((4, 4), (3, 4)) or not np.isfinite(pose).all():
-            raise UserError(f"{where} has no valid \"transform_matrix\" (a 4x4 camera-to-world pose); fix that frame")
+            raise UserError(f'{where} has no valid "transform_matrix" (a 4x4 camera-to-world pose); fix that frame')
         for key in INTRINSICS:
             value = frame.get(key, meta.get(key))
             if value is None:
-                raise UserError(f"{where} has no \"{key}\" (neither the frame nor the file sets it); add it")
+                raise UserError(f'{where} has no "{key}" (neither the frame nor the file sets it); add it')
             positive = key not in ("cx", "cy")
             if not isinstance(value, int | float) or not math.isfinite(value) or (positive and value <= 0):
-                raise UserError(f"{where} has \"{key}\": {value!r}, which is not a positive number; fix it")
+                raise UserError(f'{where} has "{key}": {value!r}, which is not a positive number; fix it')
         mask = frame.get("mask_path")
         out.append((root / frame["file_path"], None if mask is None else root / mask))
     return out

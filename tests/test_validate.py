@@ -47,7 +47,7 @@ def test_a_dataset_of_unusual_image_modes_trains(tmp_path, tiny_sd):
     Image.open(images[0]).convert("L").save(images[0])
     Image.open(images[1]).quantize(colors=64).save(images[1])
     Image.open(images[2]).convert("LA").save(images[2])
-    gray16 = (np.asarray(Image.open(images[3]).convert("L")).astype(np.uint16) * 257)
+    gray16 = np.asarray(Image.open(images[3]).convert("L")).astype(np.uint16) * 257
     Image.fromarray(gray16).save(images[3])
     config = train_config(data, tiny_sd, tmp_path / "out", tmp_path / "cache", steps=1)
     check_dataset(config.pipeline.datamanager)
@@ -67,10 +67,10 @@ def test_dataset_checks_name_the_file(tmp_path, scene):
     meta = json.loads((data / "transforms.json").read_text())
     meta["frames"][2]["fl_x"] = -1
     (data / "transforms.json").write_text(json.dumps(meta))
-    with pytest.raises(UserError, match="frame 2 of .* has \"fl_x\": -1, which is not a positive number"):
+    with pytest.raises(UserError, match='frame 2 of .* has "fl_x": -1, which is not a positive number'):
         check_dataset(config)
     (data / "transforms.json").write_text(json.dumps([1, 2]))
-    with pytest.raises(UserError, match="has no \"frames\" list"):
+    with pytest.raises(UserError, match='has no "frames" list'):
         check_dataset(config)
 
 

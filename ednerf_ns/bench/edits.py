@@ -448,9 +448,7 @@ def run_pair(pair: Pair, cfg: EditSuiteConfig, variants: dict[str, dict], device
         "kind": pair.kind,
         "settings_key": settings_key(cfg),
         "source_run": source_run,
-        "edit_runs": {
-            k: {"run": v, "overrides": variant_key(variants[k])} for k, v in edit_runs.items()
-        },
+        "edit_runs": {k: {"run": v, "overrides": variant_key(variants[k])} for k, v in edit_runs.items()},
         **measured,
         "timings_s": timings,
         "wall_time_s": round(time.time() - began, 1),
