@@ -588,7 +588,14 @@ class PairScorer:
     def __post_init__(self) -> None:
         self.objects = [s.bool() | t for s, t in zip((v.mask for v in self.source), self.truth_masks, strict=True)]
         self.source_regions = [object_region(v, self.floor) for v in self.source]
-        self._source_object_psnr = None
+        self.source_object_psnr = self.object_psnr(self.source)
+
+    def object_psnr(self, views) -> float | None:
+        """Mean PSNR against the true target inside the union of the source and target object masks."""
+        from ednerf_ns.metrics import psnr
+
+        pairs = zip(views, self.truth, self.objects, strict=True)
+        return _mean([float(psnr(v.rgb, t, mask=m[..., None])) for v, t, m in pairs])
 
     def score(self, views, depth: bool, base: list | None = None) -> dict:
         """Numbers of `views`; the background is compared with `base` (default: the source renders)."""
@@ -596,17 +603,13 @@ class PairScorer:
         from ednerf_ns.evaluate import consistency
         from ednerf_ns.metrics import psnr
 
-        object_psnr = _mean(
-            [float(psnr(v.rgb, t, mask=m[..., None])) for v, t, m in zip(views, self.truth, self.objects, strict=True)]
-        )
-        if self._source_object_psnr is None:
-            self._source_object_psnr = object_psnr
+        object_psnr = self.object_psnr(views)
         numbers = {
             "target_color_score": _mean(
                 [object_color_score(v.rgb, m, self.target_color) for v, m in zip(views, self.truth_masks, strict=True)]
             ),
             "object_psnr": object_psnr,
-            "object_psnr_gain": _sub(object_psnr, self._source_object_psnr),
+            "object_psnr_gain": _sub(object_psnr, self.source_object_psnr),
             "target_scene_psnr": _mean([float(psnr(v.rgb, t)) for v, t in zip(views, self.truth, strict=True)]),
             "background_psnr": _mean(
                 [
