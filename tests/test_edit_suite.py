@@ -89,9 +89,9 @@ def test_object_region_is_what_stands_in_front_of_the_floor():
     floor_distance = 3.0 / -rays.directions[..., 2]
     depth = floor_distance.clone()
     depth[4:12, 4:12] = 2.0 / -rays.directions[4:12, 4:12, 2]
-    view = type("View", (), {"camera": camera, "depth": depth})()
+    view = type("View", (), {"camera": camera})()
     floor = (torch.zeros(3), torch.tensor([0.0, 0.0, 1.0]), 1.0)
-    region = edits.object_region(view, floor)
+    region = edits.object_region(view, floor, depth)
     expected = torch.zeros(16, 16, dtype=torch.bool)
     expected[4:12, 4:12] = True
     assert torch.equal(region, expected)

@@ -10,7 +10,8 @@ is rendered from the same cameras, so every edit is scored against the exact ans
 - target colour: share of the object's pixels with the target hue (`ednerf_ns.demo.colors`);
 - object PSNR against the true target (inside the union of the source and target object masks), and its gain
   over the unedited source render;
-- shape kept: IoU of the object region (pixels whose rendered depth lies in front of the floor) before vs after;
+- shape kept: IoU of the object region (pixels whose depth, rendered one ray per image pixel, lies in front of the
+  floor) before vs after;
 - background PSNR: edited vs source render outside the edit region (the mask as the edit dilates it);
 - multi-view consistency: reprojection PSNR between neighbouring held-out views (`ednerf_ns.evaluate`).
 
@@ -121,6 +122,8 @@ SUITE: tuple[Pair, ...] = (
     _pair(f"a blue cylinder on a {_T}", "sphere", 2, "held_out"),
 )
 
+METRICS = 2
+"""Version of the scoring code: results measured by an older one are measured again (2: shape at image pixels)."""
 PASS_RULE = {"target_color_score": 0.8, "object_psnr_gain": 3.0, "shape_iou": 0.7, "background_psnr": 27.0}
 """A recolour pair passes when its 3D edit reaches each of these (colour score, dB gained over the source render
 against the true target, IoU of the object region before/after, dB outside the edit region)."""
@@ -281,8 +284,8 @@ def selected_pairs(cfg: EditSuiteConfig) -> list[Pair]:
 
 
 def settings_key(cfg: EditSuiteConfig) -> str:
-    """What makes two runs of one pair comparable: steps, views, resolution, model (not the variants)."""
-    text = json.dumps([cfg.train_steps, cfg.edit_steps, cfg.views, cfg.resolution, cfg.diffusion_model])
+    """What makes two runs of one pair comparable: steps, views, resolution, model, metrics (not the variants)."""
+    text = json.dumps([cfg.train_steps, cfg.edit_steps, cfg.views, cfg.resolution, cfg.diffusion_model, METRICS])
     return hashlib.sha1(text.encode()).hexdigest()[:10]
 
 
@@ -487,29 +490,33 @@ def measure_pair(pair: Pair, source_run: Path, edit_runs: dict[str, Path], truth
 
     pipeline = load_run(source_run / "config.yml")
     source = render_views(pipeline, "eval")
+    source_depth = fine_depths(pipeline, source)
     floor = floor_plane(pipeline)
     defaults = EdNerfEditModelConfig()
     regions, _ = edit_regions(source, defaults.mask_threshold, defaults.mask_dilation)
     assert regions is not None, "demo scenes have object masks"
     truth_images, truth_masks = read_truth(truth, source)
     target_obj = parse_scene_prompt(pair.target).objects[0]
-    scorer = PairScorer(source, truth_images, truth_masks, regions, neighbour_pairs(source), floor, target_obj.color)
+    scorer = PairScorer(
+        source, source_depth, truth_images, truth_masks, regions, neighbour_pairs(source), floor, target_obj.color
+    )
     reference = None
     if cfg.reference_2d:
         reference = dds_2d_reference(pipeline, pair, cfg.edit_steps, defaults)
     del pipeline
 
-    numbers = {"source": scorer.score(source, depth=True)}
+    numbers = {"source": scorer.score(source, source_depth)}
     rendered = {}
     for name, run in edit_runs.items():
         pipeline = load_run(run / "config.yml")
         rendered[name] = render_views(pipeline, "eval")
+        depth = fine_depths(pipeline, rendered[name])
         del pipeline
-        numbers[name] = scorer.score(rendered[name], depth=True)
+        numbers[name] = scorer.score(rendered[name], depth)
         numbers[name]["passed"] = passes(numbers[name], pair.kind)
     if reference is not None:
         edited, unedited = reference
-        numbers["reference_2d"] = scorer.score(edited, depth=False, base=unedited)
+        numbers["reference_2d"] = scorer.score(edited, None, base=unedited)
     save_pair_sheet(pair, source, rendered, reference, truth_images, cfg.picture_views, folder / "contact_sheet.png")
     return {
         "edits": {k: v for k, v in numbers.items() if k not in ("source", "reference_2d")},
@@ -541,8 +548,27 @@ def floor_plane(pipeline) -> tuple[torch.Tensor, torch.Tensor, float]:
     return scale * transform[:, 3], torch.nn.functional.normalize(transform[:, 2], dim=0), scale
 
 
-def object_region(view, floor: tuple[torch.Tensor, torch.Tensor, float], margin: float = 0.08) -> torch.Tensor:
-    """[H, W] bool: pixels whose rendered depth lies in front of the floor by more than `margin` world units and
+@torch.no_grad()
+def fine_depths(pipeline, views) -> list[torch.Tensor]:
+    """[H, W] depth of each view rendered with one ray per image pixel. The views' own depth is rendered per latent
+    pixel (8x8 image pixels) and upsampled, which hides the rounding of a cube's edges; the field itself can be
+    sampled at any resolution, so the shape metrics look at it at the image's."""
+    model = pipeline.model
+    chunk = model.config.eval_num_rays_per_chunk
+    out = []
+    for view in views:
+        rays = view.camera.to(pipeline.device).generate_rays(camera_indices=0, keep_shape=True)
+        h, w = rays.shape
+        rays = model.collider(rays.flatten())
+        depth = torch.cat([model.render_rays(rays[i : i + chunk])["depth"] for i in range(0, len(rays), chunk)])
+        out.append(depth.view(h, w).float().cpu())
+    return out
+
+
+def object_region(
+    view, floor: tuple[torch.Tensor, torch.Tensor, float], depth: torch.Tensor, margin: float = 0.08
+) -> torch.Tensor:
+    """[H, W] bool: pixels whose `depth` (rendered for `view`'s camera) lies in front of the floor by more than `margin` world units and
     within 1.5 units of the scene centre's distance (the demo objects stand at the origin, about 1 unit tall):
     the object, as the render's geometry shows it, without floor or sky."""
     point, normal, unit = floor
@@ -553,7 +579,6 @@ def object_region(view, floor: tuple[torch.Tensor, torch.Tensor, float], margin:
     distance = ((point - origins) @ normal) / safe
     floor_depth = torch.where(distance > 0, distance, torch.full_like(distance, float("inf")))
     centre_distance = (point - origins).norm(dim=-1)
-    depth = view.depth
     return (depth < floor_depth - margin * unit) & (depth < centre_distance + 1.5 * unit)
 
 
@@ -578,6 +603,7 @@ class PairScorer:
     """Scores rendered views of one pair against the source renders and the true target."""
 
     source: list
+    source_depth: list[torch.Tensor]
     truth: list[torch.Tensor]
     truth_masks: list[torch.Tensor]
     regions: list[torch.Tensor]
@@ -587,7 +613,7 @@ class PairScorer:
 
     def __post_init__(self) -> None:
         self.objects = [s.bool() | t for s, t in zip((v.mask for v in self.source), self.truth_masks, strict=True)]
-        self.source_regions = [object_region(v, self.floor) for v in self.source]
+        self.source_regions = [object_region(v, self.floor, d) for v, d in zip(self.source, self.source_depth)]
         self.source_object_psnr = self.object_psnr(self.source)
 
     def object_psnr(self, views) -> float | None:
@@ -597,8 +623,9 @@ class PairScorer:
         pairs = zip(views, self.truth, self.objects, strict=True)
         return _mean([float(psnr(v.rgb, t, mask=m[..., None])) for v, t, m in pairs])
 
-    def score(self, views, depth: bool, base: list | None = None) -> dict:
-        """Numbers of `views`; the background is compared with `base` (default: the source renders)."""
+    def score(self, views, depth: list[torch.Tensor] | None, base: list | None = None) -> dict:
+        """Numbers of `views` (`depth`: their `fine_depths`, None for 2D views: no shape numbers); the background
+        is compared with `base` (default: the source renders)."""
         from ednerf_ns.demo.colors import object_color_score
         from ednerf_ns.evaluate import consistency
         from ednerf_ns.metrics import psnr
@@ -620,8 +647,8 @@ class PairScorer:
             if views is not self.source
             else None,
         }
-        if depth:
-            regions = [object_region(v, self.floor) for v in views]
+        if depth is not None:
+            regions = [object_region(v, self.floor, d) for v, d in zip(views, depth, strict=True)]
             numbers["shape_iou"] = _mean([_iou(a, b) for a, b in zip(regions, self.source_regions, strict=True)])
             numbers["shape_iou_vs_truth"] = _mean([_iou(a, b) for a, b in zip(regions, self.truth_masks, strict=True)])
             numbers["consistency_psnr"] = consistency(views, self.pairs, self.regions, tolerance=0.05)["psnr"]
