@@ -66,6 +66,11 @@ class EdNerfEditPipeline(EdNerfPipeline):
         load_verified(self, state["pipeline"], f"source checkpoint '{config.source_checkpoint}'")
         CONSOLE.log(f"Loaded every parameter of {config.source_checkpoint} (step {state.get('step')})")
         self.model.validate_prompts()
+        if not self.model.config.edit_geometry:
+            CONSOLE.log(
+                "Editing appearance only: the shape stays the source run's (pass "
+                "--pipeline.model.edit-geometry True for prompts that change the shape)"
+            )
         self._step = 0  # the trainer's current step (EdNerfEditTrainer.train_iteration), for the viewer log
         self._prepare_views()
         cfg = self.model.config

@@ -132,11 +132,17 @@ against the true target, IoU of the object region before/after, dB outside the e
 # defaults; "before" the edit defaults before this suite existed; the others are the levers measured in
 # docs/results.md (each names every option it ran with, so a later change of a default does not change it).
 _M = "pipeline.model."
-_GEOMETRY = {_M + "edit_geometry": True}
+# edit_geometry True and the colour head's learning rate 1e-3 were defaults until the second tuning round
+_GEOMETRY = {_M + "edit_geometry": True, "optimizers.field_mlps.optimizer.lr": 1e-3}
 VARIANTS: dict[str, dict[str, object]] = {
     "default": {},
     "before": {**_GEOMETRY, _M + "edit_field": "grid", _M + "t_schedule": "uniform"},
-    "geometry_frozen": {_M + "edit_geometry": False},
+    # round 3 (tune half): the default of round 2 (grid_and_color), then frozen geometry and the colour head's rate
+    "previous": {**_GEOMETRY, _M + "edit_field": "grid_and_color", _M + "t_schedule": "uniform"},
+    "geometry_frozen": {_M + "edit_geometry": False, "optimizers.field_mlps.optimizer.lr": 1e-3},
+    "gf_tmin_02": {_M + "edit_geometry": False, "optimizers.field_mlps.optimizer.lr": 1e-3, _M + "t_min": 0.2},
+    "gf_mlp_lr_1e-2": {_M + "edit_geometry": False, "optimizers.field_mlps.optimizer.lr": 1e-2},
+    "shape_edit": {_M + "edit_geometry": True},
     "grid_only": {_M + "edit_field": "grid"},
     # round 1 (tune half): one lever each, from `before`
     "grid_and_color": {**_GEOMETRY, _M + "edit_field": "grid_and_color"},
