@@ -9,6 +9,7 @@ OUT="${OUT:-/tmp/ednerf-results-out}"
 mkdir -p "$OUT"
 (
     sleep 20  # edit_suite_gpu.sh installs the wheels first
+    NERFSTUDIO_METHOD_CONFIGS="ed-nerf=ednerf_ns.configs:ed_nerf,ed-nerf-edit=ednerf_ns.configs:ed_nerf_edit" \
     PYTHONPATH="/tmp/site:$PWD" HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 XDG_CACHE_HOME=/tmp/ednerf-cache \
         timeout --signal=INT "${ABLATIONS_TIMEOUT:-400}" python3 -m ednerf_ns.bench.cli ablations --device cuda \
         --output-dir /tmp/ablations >"$OUT/ablations.log" 2>&1
