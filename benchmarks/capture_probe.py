@@ -31,7 +31,7 @@ def recovery() -> dict:
     random numbers must still work afterwards (torch leaves its generator broken after a failed capture)."""
     import torch
 
-    from ednerf_ns.step_graph import StepGraphRunner
+    from ednerf_ns.accel.step_graph import StepGraphRunner
 
     weight = torch.nn.Parameter(torch.ones(3, device="cuda"))
     runner = StepGraphRunner()
@@ -60,7 +60,7 @@ def probe(name: str) -> dict:
     from test_step_graph import setup_trainer
 
     import ednerf_ns.demo
-    from ednerf_ns.step_graph import StepGraphRunner, cuda_capture
+    from ednerf_ns.accel.step_graph import StepGraphRunner, cuda_capture
 
     variant = VARIANTS[name]
     out: dict = {"variant": name, **variant}

@@ -71,7 +71,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     from ednerf_ns.bench.gpu import SOURCE_PROMPT, TARGET_PROMPT, Bench, GpuBenchConfig
     from ednerf_ns.configs import ed_nerf_edit_trainer
-    from ednerf_ns.runs import _reset_nerfstudio_writers, start_run
+    from ednerf_ns.tools.runs import reset_nerfstudio_writers, start_run
 
     cfg = GpuBenchConfig(mode="sd15", train_steps=10, train_warmup=2, full_edit=False, edit_variants=False)
     torch.backends.cudnn.benchmark = True
@@ -110,7 +110,7 @@ def main() -> None:
         results[label] = peak_breakdown(snapshot, state["baseline"])
         results[label]["max_memory_allocated_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 3)
         del trainer, snapshot
-        _reset_nerfstudio_writers()
+        reset_nerfstudio_writers()
         torch.cuda.empty_cache()
     (args.out / "memory_peak.json").write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=1))

@@ -50,7 +50,7 @@ def profile_steps(bench, kind: str, options: dict, out: Path, wait: int = 12, ac
 
     from ednerf_ns.bench.gpu import apply_options
     from ednerf_ns.configs import ed_nerf_edit_trainer, ed_nerf_trainer
-    from ednerf_ns.runs import _reset_nerfstudio_writers, start_run
+    from ednerf_ns.tools.runs import reset_nerfstudio_writers, start_run
 
     config = ed_nerf_edit_trainer() if kind == "edit" else ed_nerf_trainer()
     bench._prepare(config, f"profile-{kind}", wait + active + 2)
@@ -81,7 +81,7 @@ def profile_steps(bench, kind: str, options: dict, out: Path, wait: int = 12, ac
         with prof:
             trainer.train()
     finally:
-        _reset_nerfstudio_writers()
+        reset_nerfstudio_writers()
     averages = prof.key_averages()
     for key in ("self_device_time_total", "self_cuda_time_total"):
         try:

@@ -48,7 +48,7 @@ for dist in ("torch", "diffusers", "transformers", "huggingface-hub", "nerfstudi
     except importlib.metadata.PackageNotFoundError:
         print(f"  {dist} NOT INSTALLED")
 missing = []
-for name in ("torch", "diffusers", "transformers", "nerfstudio", "tyro", "ednerf_ns.diffusion", "ednerf_ns.configs",
+for name in ("torch", "diffusers", "transformers", "nerfstudio", "tyro", "ednerf_ns.models2d.diffusion", "ednerf_ns.configs",
              "ednerf_ns.bench.gpu", "tinycudann"):
     t0 = time.time()
     try:

@@ -31,14 +31,12 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from nerfstudio.data.datamanagers.full_images_datamanager import (
     FullImageDatamanager,
     FullImageDatamanagerConfig,
     _undistort_image,
 )
 from nerfstudio.data.dataparsers.colmap_dataparser import ColmapDataParserConfig
-from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
 from nerfstudio.data.datasets.base_dataset import InputDataset
 from nerfstudio.utils.rich_utils import CONSOLE
 from PIL import Image
@@ -47,11 +45,10 @@ from rich.prompt import Confirm
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from ednerf_ns.diffusion import LatentDiffusion
-from ednerf_ns.errors import ArgumentError, UserError, first_line
-from ednerf_ns.validate import read_image
-
-LATENT_SCALE = 8  # Stable Diffusion's VAE downsamples by 8 in each direction
+from ednerf_ns.errors import UserError, first_line
+from ednerf_ns.models2d.diffusion import LatentDiffusion
+from ednerf_ns.ops.latent_grid import downsample_mask, image_float, resize_image, resize_mask, target_size
+from ednerf_ns.validate import check_dataset_path, config_data_path, read_image
 
 
 def default_cache_dir() -> Path:
@@ -251,11 +248,6 @@ class LatentDatamanager(FullImageDatamanager[LatentInputDataset]):
         return int(h * w)
 
 
-def image_float(image: Tensor) -> Tensor:
-    """An image as float in [0, 1] (cached images are uint8)."""
-    return image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
-
-
 @contextlib.contextmanager
 def no_dataset_writes(data: Path | None):
     """nerfstudio's dataparsers may ask (rich's Confirm) to write into the dataset: downscaled images_N folders
@@ -320,29 +312,6 @@ def prepare_colmap_parser(config: LatentDatamanagerConfig) -> None:
     CONSOLE.log(f"Colmap images: downscale factor {factor} ({parser.images_path}{'' if factor == 1 else f'_{factor}'})")
 
 
-def config_data_path(config: LatentDatamanagerConfig) -> Path | None:
-    return Path(config.data) if config.data is not None else getattr(config.dataparser, "data", None)
-
-
-def check_dataset_path(config: LatentDatamanagerConfig) -> None:
-    """Fail early, in one line, on the mistakes nerfstudio would answer with a traceback."""
-    data = config_data_path(config)
-    if data is None or str(data) in ("", "."):
-        if not Path("transforms.json").exists():
-            raise ArgumentError("no dataset given; pass --data <folder with transforms.json and images>")
-        return
-    if not data.exists():
-        raise ArgumentError(f"dataset '{data}' does not exist; pass --data <folder with transforms.json and images>")
-    if data.is_file() and data.suffix != ".json":
-        raise ArgumentError(f"dataset '{data}' is a file; pass --data <folder with transforms.json and images>")
-    if isinstance(config.dataparser, NerfstudioDataParserConfig) and data.is_dir():
-        if not (data / "transforms.json").is_file():
-            raise UserError(
-                f"dataset '{data}' has no transforms.json (camera poses); run ns-process-data on your images first, "
-                f"or name another dataparser after the options (e.g. `... colmap`)"
-            )
-
-
 def describe_dataset_error(data: Path | None, exc: BaseException) -> str:
     if isinstance(exc, KeyError):
         detail = f"transforms.json lacks the field {exc}"
@@ -353,40 +322,6 @@ def describe_dataset_error(data: Path | None, exc: BaseException) -> str:
     if "No data found" in detail or "list index out of range" in detail:
         detail = "it lists no usable frames"
     return f"could not read the dataset at '{data}': {detail}"
-
-
-def target_size(height: int, width: int, max_size: int) -> tuple[int, int]:
-    """Longer side <= max_size (if > 0), both sides rounded to multiples of 8, at least 8."""
-    scale = min(1.0, max_size / max(height, width)) if max_size > 0 else 1.0
-
-    def snap(x: float) -> int:
-        return max(LATENT_SCALE, int(x * scale / LATENT_SCALE + 0.5) * LATENT_SCALE)  # nearest, ties up
-
-    return snap(height), snap(width)
-
-
-def resize_image(image: Tensor, height: int, width: int) -> Tensor:
-    """[H, W, 3] float -> [height, width, 3], antialiased when shrinking."""
-    if tuple(image.shape[:2]) == (height, width):
-        return image.contiguous()
-    x = image.permute(2, 0, 1)[None].float()
-    x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
-    return x[0].permute(1, 2, 0).clamp(0, 1).contiguous()
-
-
-def resize_mask(mask: Tensor, height: int, width: int) -> Tensor:
-    """[H, W, 1] bool -> [height, width, 1] bool (area average, then majority)."""
-    if tuple(mask.shape[:2]) == (height, width):
-        return mask
-    x = mask.float().permute(2, 0, 1)[None]
-    x = F.interpolate(x, size=(height, width), mode="area" if height <= mask.shape[0] else "bilinear")
-    return (x[0].permute(1, 2, 0) > 0.5).contiguous()
-
-
-def downsample_mask(mask: Tensor) -> Tensor:
-    """[H, W, 1] bool at image resolution -> [1, H/8, W/8] float: the share of each 8x8 block inside the mask."""
-    x = mask.float().permute(2, 0, 1)[None]
-    return F.avg_pool2d(x, LATENT_SCALE)[0]
 
 
 def latent_cache_key(image: Tensor, vae_fingerprint: str) -> str:

@@ -15,10 +15,11 @@ from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocati
 from torch import Tensor
 from torch.nn import Parameter
 
-from ednerf_ns import guidance, step_graph
+from ednerf_ns.accel import step_graph
+from ednerf_ns.accel.unet_graph import UNetAcceleration
 from ednerf_ns.errors import UserError
 from ednerf_ns.model import EdNerfModel, EdNerfModelConfig
-from ednerf_ns.unet_graph import UNetAcceleration
+from ednerf_ns.ops import guidance
 
 
 @dataclass

@@ -18,12 +18,13 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from nerfstudio.viewer.viewer_elements import ViewerSlider, ViewerText
 
 from ednerf_ns.checkpoint import SourceRun, load_verified, read_checkpoint
-from ednerf_ns.datamanager import LatentDatamanagerConfig, default_cache_dir, image_float
+from ednerf_ns.datamanager import LatentDatamanagerConfig, default_cache_dir
 from ednerf_ns.edit_model import EdNerfEditModel, EdNerfEditModelConfig
 from ednerf_ns.errors import UserError, warn
 from ednerf_ns.model import EdNerfModelConfig
+from ednerf_ns.models2d.segmentation import TextSegmenter
+from ednerf_ns.ops.latent_grid import binarize, image_float
 from ednerf_ns.pipeline import EdNerfPipeline, EdNerfPipelineConfig
-from ednerf_ns.segmentation import TextSegmenter, binarize
 
 
 @dataclass

@@ -25,7 +25,7 @@ Implementation = Literal["auto", "tcnn", "torch"]
 
 
 def resolve_implementation(requested: Implementation, device: torch.device | str) -> Literal["tcnn", "torch"]:
-    """auto -> torch: the project's own hash grids (ednerf_ns.hashgrid), the path that is measured and tested.
+    """auto -> torch: the project's own hash grids (ednerf_ns.accel.hashgrid), the path that is measured and tested.
 
     tiny-cuda-nn is used only when asked for (`implementation tcnn`): a build from source on our test machine
     (nvcc 13, torch 2.11, H200) imports but crashes in its first forward, so nothing here verifies that path.

@@ -32,13 +32,20 @@ from nerfstudio.utils import colormaps
 from torch import Tensor
 from torch.nn import Parameter
 
-from ednerf_ns.datamanager import LATENT_SCALE, image_float, target_size
-from ednerf_ns.diffusion import DEFAULT_MODEL, DtypeName, LatentDiffusion, get_diffusion
+from ednerf_ns.accel.hashgrid import accelerate_hash_grids
 from ednerf_ns.errors import UserError, warn
 from ednerf_ns.field import LATENT_FEATURES, Implementation, LatentField, resolve_implementation
-from ednerf_ns.hashgrid import accelerate_hash_grids
-from ednerf_ns.metrics import latent_psnr, psnr, ssim
-from ednerf_ns.refinement import RefinementLayer
+from ednerf_ns.models2d.diffusion import DEFAULT_MODEL, DtypeName, LatentDiffusion, get_diffusion
+from ednerf_ns.ops.latent_grid import (
+    LATENT_SCALE,
+    image_float,
+    latent_at_latent_resolution,
+    resize,
+    target_size,
+    upsample,
+)
+from ednerf_ns.ops.metrics import latent_psnr, psnr, ssim
+from ednerf_ns.ops.refinement import RefinementLayer
 from ednerf_ns.samplers import DeviceSpacedSampler
 
 
@@ -321,7 +328,7 @@ class EdNerfModel(NerfactoModel):
 
     # ------------------------------------------------------------------ training steps as CUDA graphs
     def step_graph_inputs(self, camera: Cameras, batch: dict) -> tuple[Hashable | None, dict[str, Tensor]]:
-        """The key and the per-step tensors of a training step for `ednerf_ns.step_graph` (key None: run eagerly).
+        """The key and the per-step tensors of a training step for `ednerf_ns.accel.step_graph` (key None: run eagerly).
 
         The key holds every Python-level decision the step takes: the view's size, whether the proposal networks
         update this step (nerfstudio decides that in Python), which targets the batch has, and the subclass's
@@ -521,27 +528,6 @@ def resized_camera(camera: Cameras, sx: float, sy: float, width: Tensor, height:
         times=camera.times,
         metadata=camera.metadata,
     )
-
-
-def resize(image: Tensor, height: int, width: int, mode: str) -> Tensor:
-    """[h, w, C] -> [height, width, C] (bilinear: antialiased when shrinking)."""
-    x = image.permute(2, 0, 1)[None].float()
-    options = {} if mode == "nearest" else {"align_corners": False, "antialias": True}
-    x = F.interpolate(x, size=(height, width), mode=mode, **options)
-    return x[0].permute(1, 2, 0).to(image.dtype)
-
-
-def upsample(image: Tensor, height: int, width: int, mode: str) -> Tensor:
-    """[h, w, C] at latent resolution -> [height, width, C]: scale by 8, then crop the ceil() overhang."""
-    x = image.permute(2, 0, 1)[None].float()
-    size = (image.shape[0] * LATENT_SCALE, image.shape[1] * LATENT_SCALE)
-    x = F.interpolate(x, size=size, mode=mode, **({} if mode == "nearest" else {"align_corners": False}))
-    return x[0].permute(1, 2, 0)[:height, :width]
-
-
-def latent_at_latent_resolution(latent_full: Tensor) -> Tensor:
-    """Undo the nearest-neighbour x8 upsampling of the `latent` output exactly (first pixel of each 8x8 block)."""
-    return latent_full[::LATENT_SCALE, ::LATENT_SCALE]
 
 
 def weighted_mse(pred: Tensor, target: Tensor, weights: Tensor | None) -> Tensor:

@@ -20,6 +20,7 @@ from nerfstudio.utils import writer
 from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor
 
+from ednerf_ns.accel.step_graph import StepGraphRunner
 from ednerf_ns.checkpoint import find_checkpoint, load_verified, read_checkpoint, save_atomic
 from ednerf_ns.errors import (
     ArgumentError,
@@ -33,8 +34,7 @@ from ednerf_ns.errors import (
     set_command,
     warn,
 )
-from ednerf_ns.health import StepHealth, all_finite
-from ednerf_ns.step_graph import StepGraphRunner
+from ednerf_ns.ops.health import StepHealth, all_finite
 
 
 @dataclass
@@ -74,9 +74,9 @@ class EdNerfTrainer(Trainer):
 
     config: EdNerfTrainerConfig
     step_graph: StepGraphRunner | None = None
-    """Runs the training steps (see ednerf_ns.step_graph); None = nerfstudio's eager train_iteration."""
+    """Runs the training steps (see ednerf_ns.accel.step_graph); None = nerfstudio's eager train_iteration."""
     health: StepHealth | None = None
-    """Device-side count of non-finite steps (see ednerf_ns.health)."""
+    """Device-side count of non-finite steps (see ednerf_ns.ops.health)."""
     completed_step: int | None = None
     """The last training step that finished (None before the first)."""
 
@@ -318,7 +318,7 @@ class EdNerfEditTrainerConfig(EdNerfTrainerConfig):
         from ednerf_ns.configs import ed_nerf_edit_trainer
         from ednerf_ns.edit_pipeline import merge_dataparser
         from ednerf_ns.errors import UserError
-        from ednerf_ns.runs import read_run_config
+        from ednerf_ns.tools.runs import read_run_config
 
         if self.load_checkpoint is not None and self.pipeline.source_checkpoint is not None:
             return  # adopted already (validate runs again when config.yml is saved)

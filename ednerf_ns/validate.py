@@ -233,11 +233,36 @@ def check_frames(file: Path, meta: dict) -> list[tuple[Path, Path | None]]:
     return out
 
 
+def config_data_path(config) -> Path | None:
+    """The dataset a LatentDatamanagerConfig reads: --data, else its dataparser's `data`."""
+    return Path(config.data) if config.data is not None else getattr(config.dataparser, "data", None)
+
+
+def check_dataset_path(config) -> None:
+    """The dataset path of a LatentDatamanagerConfig: fail early, in one line, on the mistakes nerfstudio would answer
+    with a traceback."""
+    from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
+
+    data = config_data_path(config)
+    if data is None or str(data) in ("", "."):
+        if not Path("transforms.json").exists():
+            raise ArgumentError("no dataset given; pass --data <folder with transforms.json and images>")
+        return
+    if not data.exists():
+        raise ArgumentError(f"dataset '{data}' does not exist; pass --data <folder with transforms.json and images>")
+    if data.is_file() and data.suffix != ".json":
+        raise ArgumentError(f"dataset '{data}' is a file; pass --data <folder with transforms.json and images>")
+    if isinstance(config.dataparser, NerfstudioDataParserConfig) and data.is_dir():
+        if not (data / "transforms.json").is_file():
+            raise UserError(
+                f"dataset '{data}' has no transforms.json (camera poses); run ns-process-data on your images first, "
+                f"or name another dataparser after the options (e.g. `... colmap`)"
+            )
+
+
 def check_dataset(datamanager_config, flag: str = "--data") -> None:
     """The dataset a stage reads: path, transforms.json, frames, and every image and mask decoded (one line each)."""
     from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
-
-    from ednerf_ns.datamanager import check_dataset_path, config_data_path
 
     check_dataset_path(datamanager_config)
     data = config_data_path(datamanager_config) or Path(".")
@@ -315,7 +340,7 @@ def check_same_cameras(source_data: Path | None, edit_data: Path | None) -> None
 def check_same_diffusion_model(edit_model: str, source) -> None:
     """The edit must use the diffusion model (VAE) the source run was trained with: its latents live in that VAE's
     latent space. `edit_model` is the edit's --pipeline.model.diffusion-model (the method's default = not set)."""
-    from ednerf_ns.diffusion import DEFAULT_MODEL
+    from ednerf_ns.models2d.diffusion import DEFAULT_MODEL
 
     trained = str(getattr(source.config.pipeline.model, "diffusion_model", DEFAULT_MODEL))
     asked = str(edit_model)

@@ -69,8 +69,9 @@ def train_config(data: Path, model: Path, out: Path, cache: Path, steps: int, **
 
 
 def run_training(config) -> Path:
-    """Train in this process the way `ns-train` does (see ednerf_ns.runs.train_in_process); returns the run folder."""
-    from ednerf_ns.runs import train_in_process
+    """Train in this process the way `ns-train` does (see ednerf_ns.tools.runs.train_in_process); returns the run
+    folder."""
+    from ednerf_ns.tools.runs import train_in_process
 
     return train_in_process(config)
 

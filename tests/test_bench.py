@@ -93,7 +93,7 @@ def test_arguments_without_tyro(monkeypatch):
 def test_sd15_builder_writes_a_loadable_diffusers_folder(tmp_path, monkeypatch):
     """build_sd15 with the SD 1.5 layout shrunk (same block types, tiny widths): folder, dtype, and a UNet call
     through LatentDiffusion as the benchmark makes it."""
-    from ednerf_ns.diffusion import LatentDiffusion
+    from ednerf_ns.models2d.diffusion import LatentDiffusion
 
     monkeypatch.setitem(gpu.SD15_UNET, "block_out_channels", [32, 32, 64, 64])
     monkeypatch.setitem(gpu.SD15_UNET, "cross_attention_dim", 32)

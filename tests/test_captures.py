@@ -12,7 +12,7 @@ from captures import pinhole_render, write_capture
 from conftest import edit_config, run_training, train_config, tree_hashes
 
 from ednerf_ns.errors import UserError
-from ednerf_ns.metrics import psnr
+from ednerf_ns.ops.metrics import psnr
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def latent_datamanager(data, tiny_sd, cache_dir, dataparser=None, **options):
     from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
 
     from ednerf_ns.datamanager import LatentDatamanagerConfig
-    from ednerf_ns.diffusion import get_diffusion
+    from ednerf_ns.models2d.diffusion import get_diffusion
 
     config = LatentDatamanagerConfig(
         data=data, dataparser=dataparser or NerfstudioDataParserConfig(), cache_dir=cache_dir, **options
@@ -153,7 +153,7 @@ def test_large_images_encode_in_blended_tiles():
 
     from ednerf_ns.demo.cli import EMBEDDED_MODEL
     from ednerf_ns.demo.scene import orbit_cameras, render
-    from ednerf_ns.diffusion import LatentDiffusion
+    from ednerf_ns.models2d.diffusion import LatentDiffusion
 
     diffusion = LatentDiffusion(str(EMBEDDED_MODEL))
     rgb, _ = render(SPEC, orbit_cameras(1, 3.2, (30.0, 30.0), SPEC.center(), 0), 200, 200, 128, 96, 192, 256)
@@ -175,8 +175,8 @@ def test_capture_trained_edited_and_rendered_at_1080p(capture, tiny_sd, cache_di
     from config.yml (as ns-render and the viewer do): latents at the training scale, resized at the end."""
     from nerfstudio.cameras.cameras import Cameras
 
-    from ednerf_ns.diffusion import release_all
-    from ednerf_ns.runs import load_run
+    from ednerf_ns.models2d.diffusion import release_all
+    from ednerf_ns.tools.runs import load_run
 
     source = tree_hashes(capture.data)
     run = run_training(train_config(capture.data, tiny_sd, tmp_path / "train", cache_dir, steps=2))

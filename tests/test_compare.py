@@ -11,7 +11,7 @@ from PIL import Image
 from test_errors import run_cli
 
 from ednerf_ns.demo.scene import orbit_cameras
-from ednerf_ns.video import orbit_center, orbit_poses, side_by_side
+from ednerf_ns.tools.video import orbit_center, orbit_poses, side_by_side
 
 
 def test_orbit_goes_around_what_the_cameras_look_at():
@@ -53,7 +53,7 @@ def test_ednerf_compare_writes_gif_and_mp4_without_system_ffmpeg(trained_run, ed
     import imageio_ffmpeg
 
     out = tmp_path / "compare"
-    args = ["-m", "ednerf_ns.compare", "--source", str(trained_run), "--edited", str(edited_run)]
+    args = ["-m", "ednerf_ns.tools.compare", "--source", str(trained_run), "--edited", str(edited_run)]
     no_tools = tmp_path / "empty_bin"  # PATH without any ffmpeg: the MP4 must come from imageio-ffmpeg's binary
     no_tools.mkdir()
     assert shutil.which("ffmpeg", path=str(no_tools)) is None

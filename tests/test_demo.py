@@ -18,9 +18,9 @@ import pytest
 import torch
 from PIL import Image
 
-from ednerf_ns.datamanager import downsample_mask
 from ednerf_ns.demo.cli import DemoConfig, main, parse_scene_prompt
 from ednerf_ns.errors import UserError
+from ednerf_ns.ops.latent_grid import downsample_mask
 
 
 @pytest.fixture(scope="session")
@@ -65,7 +65,7 @@ def test_demo_edit_recolours_the_object_and_keeps_the_rest(demo):
 
 
 def test_edit_changes_latents_inside_the_mask_more_than_outside(demo):
-    from ednerf_ns.runs import load_run
+    from ednerf_ns.tools.runs import load_run
 
     out, metrics = demo
 

@@ -8,8 +8,8 @@ import shutil
 import pytest
 import torch
 
-from ednerf_ns.diffusion import DEFAULT_MODEL, LatentDiffusion, looks_like_path, resolve_dtype
 from ednerf_ns.errors import UserError
+from ednerf_ns.models2d.diffusion import DEFAULT_MODEL, LatentDiffusion, looks_like_path, resolve_dtype
 
 
 def test_parts_load_lazily_in_fp32_on_cpu(tiny_sd):

@@ -87,7 +87,7 @@ def test_an_edit_with_frozen_geometry_changes_only_colour(trained_run, scene, ca
     assert changed == {k for k in source if k.startswith(GRID_AND_HEAD)}
     frozen = [k for k in result if ".density_base." in k]
     assert frozen and all(torch.equal(result[k], source[k.replace("density_base.", "mlp_base.")]) for k in frozen)
-    from ednerf_ns.runs import load_run  # the edit run loads for viewing with its frozen copy
+    from ednerf_ns.tools.runs import load_run  # the edit run loads for viewing with its frozen copy
 
     pipeline = load_run(run / "config.yml")
     assert pipeline.model.field.density_base is not None
@@ -95,7 +95,7 @@ def test_an_edit_with_frozen_geometry_changes_only_colour(trained_run, scene, ca
 
 def render_latents(config_path: Path) -> tuple[list[torch.Tensor], object]:
     """Refined latents of the first training views of a run, and its pipeline."""
-    from ednerf_ns.runs import load_run
+    from ednerf_ns.tools.runs import load_run
 
     pipeline = load_run(config_path, test_mode="inference")
     cameras = pipeline.datamanager.train_dataset.cameras
@@ -107,7 +107,7 @@ def render_latents(config_path: Path) -> tuple[list[torch.Tensor], object]:
 def test_edited_run_renders_without_unet_or_text_encoder(edited, tmp_path):
     from nerfstudio.scripts.eval import ComputePSNR
 
-    from ednerf_ns.diffusion import release_all
+    from ednerf_ns.models2d.diffusion import release_all
 
     run, _, _ = edited
     release_all()  # as in a fresh `ns-render` process: nothing loaded yet

@@ -55,7 +55,7 @@ def test_pairs_and_variants_options():
 
 def test_every_named_variant_applies_to_the_edit_config():
     from ednerf_ns.configs import ed_nerf_edit_trainer
-    from ednerf_ns.runs import apply_overrides
+    from ednerf_ns.tools.runs import apply_overrides
 
     for name, overrides in edits.VARIANTS.items():
         config = ed_nerf_edit_trainer()

@@ -130,9 +130,9 @@ def _cases(d: dict[str, Path], tiny_sd: Path, run: Path, tmp: Path, cache: Path)
         ckpt.write_bytes(ckpt.read_bytes()[:5000])
     a_file = tmp / "a_file"
     a_file.write_text("not a folder")
-    evaluate = ["-m", "ednerf_ns.evaluate", "--output-dir", str(tmp / "eval"), "--no-clip"]
+    evaluate = ["-m", "ednerf_ns.tools.evaluate", "--output-dir", str(tmp / "eval"), "--no-clip"]
     demo = ["-m", "ednerf_ns.demo.cli", "--output-dir", str(tmp / "demo"), "--device", "cpu"]
-    compare = ["-m", "ednerf_ns.compare", "--output-dir", str(tmp / "compare")]
+    compare = ["-m", "ednerf_ns.tools.compare", "--output-dir", str(tmp / "compare")]
     return [
         # ns-train ed-nerf: the dataset
         Case("dataset_missing", [*train, "--data", str(tmp / "nowhere")], "ed-nerf", 2, ("does not exist", "--data")),

@@ -12,9 +12,9 @@ import yaml
 from conftest import make_scene
 
 from ednerf_ns.errors import UserError
-from ednerf_ns.evaluate import EvalConfig, EvalView, consistency, edit_regions, main, reproject
-from ednerf_ns.metrics import directional_similarity, masked_ssim
-from ednerf_ns.runs import RenderedView
+from ednerf_ns.ops.metrics import directional_similarity, masked_ssim
+from ednerf_ns.tools.evaluate import EvalConfig, EvalView, consistency, edit_regions, main, reproject
+from ednerf_ns.tools.runs import RenderedView
 
 METRICS = (
     "clip_directional_similarity",
@@ -138,7 +138,7 @@ def test_masked_ssim_and_directional_similarity():
 def _camera(eye: list[float]):
     from nerfstudio.cameras.cameras import Cameras
 
-    from ednerf_ns.demo.scene import look_at
+    from ednerf_ns.ops.cameras import look_at
 
     c2w = look_at(torch.tensor([eye]), torch.tensor([[0.0, 0.0, 0.0]]))
     return Cameras(camera_to_worlds=c2w, fx=40.0, fy=44.0, cx=25.5, cy=22.0, width=48, height=40)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ednerf_ns import guidance
+from ednerf_ns.ops import guidance
 
 ALPHAS = torch.linspace(0.999, 0.01, 1000)
 

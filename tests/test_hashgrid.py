@@ -7,7 +7,7 @@ import copy
 import torch
 from nerfstudio.field_components.encodings import HashEncoding
 
-from ednerf_ns.hashgrid import FastHashEncoding, accelerate_hash_grids
+from ednerf_ns.accel.hashgrid import FastHashEncoding, accelerate_hash_grids
 
 
 def test_fast_hash_grid_matches_nerfstudio_forward_and_backward():
@@ -40,8 +40,8 @@ def test_batch_shapes_are_kept():
 TRITON_CHECK = r"""
 import torch
 from nerfstudio.field_components.encodings import HashEncoding
-from ednerf_ns.hashgrid import accelerate_hash_grids
-from ednerf_ns.hashgrid_triton import hash_grid_encode
+from ednerf_ns.accel.hashgrid import accelerate_hash_grids
+from ednerf_ns.accel.hashgrid_triton import hash_grid_encode
 
 torch.manual_seed(0)
 for levels, size_log2, max_res in ((6, 12, 128), (16, 19, 2048)):

@@ -9,8 +9,8 @@ from conftest import edit_config, run_training, train_config
 from hub_snapshots import SD15, SD21, write_snapshot
 from safetensors.torch import load_file
 
-from ednerf_ns import guidance
-from ednerf_ns.diffusion import LatentDiffusion, weights_variant
+from ednerf_ns.models2d.diffusion import LatentDiffusion, weights_variant
+from ednerf_ns.ops import guidance
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +77,7 @@ def test_edit_with_a_v_prediction_snapshot(sd21, scene, tmp_path):
     run = run_training(train_config(scene, sd21, tmp_path / "train", tmp_path / "cache", steps=2))
     edited = run_training(edit_config(run, scene, tmp_path / "edit", tmp_path / "cache", steps=2))
     assert list((edited / "nerfstudio_models").glob("step-*.ckpt"))
-    from ednerf_ns.runs import load_run
+    from ednerf_ns.tools.runs import load_run
 
     pipeline = load_run(edited / "config.yml")
     out = pipeline.model.get_outputs_for_camera(pipeline.datamanager.eval_dataset.cameras[0:1])

@@ -44,15 +44,15 @@ def ns_train(args: list[str], monkeypatch) -> Path:
     from nerfstudio.configs.method_configs import AnnotatedBaseConfigUnion
     from nerfstudio.scripts.train import main
 
-    from ednerf_ns.runs import _reset_nerfstudio_writers
+    from ednerf_ns.tools.runs import reset_nerfstudio_writers
 
     monkeypatch.setattr(sys, "argv", ["ns-train", *args])
     config = tyro.cli(AnnotatedBaseConfigUnion, args=args)
-    _reset_nerfstudio_writers()
+    reset_nerfstudio_writers()
     try:
         main(config)
     finally:
-        _reset_nerfstudio_writers()
+        reset_nerfstudio_writers()
     return config.get_base_dir()
 
 
@@ -108,7 +108,7 @@ def test_source_run_flag(trained_run, scene, cache_dir, tmp_path):
 
 
 def test_viewer_prompt_changes_are_saved_with_the_run(trained_run, scene, cache_dir, tmp_path):
-    from ednerf_ns.evaluate import resolve_prompts
+    from ednerf_ns.tools.evaluate import resolve_prompts
     from ednerf_ns.trainer import EdNerfEditTrainer
 
     config = edit_config(trained_run, scene, tmp_path, cache_dir, steps=2)
@@ -139,7 +139,7 @@ def test_an_interrupted_edit_resumes(trained_run, scene, cache_dir, tmp_path):
     resume = edit_config(trained_run, None, tmp_path / "b", cache_dir, steps=5, prompt=None)
     resume.load_dir, resume.resume = None, interrupted
     steps = []
-    from ednerf_ns.runs import train_in_process
+    from ednerf_ns.tools.runs import train_in_process
     from ednerf_ns.trainer import EdNerfEditTrainer
 
     loaded = {}

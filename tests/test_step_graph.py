@@ -1,4 +1,4 @@
-"""Whole training steps replayed from a graph (ednerf_ns.step_graph), checked on the CPU.
+"""Whole training steps replayed from a graph (ednerf_ns.accel.step_graph), checked on the CPU.
 
 `recorded_capture` gives a CUDA graph's semantics on the CPU: operators replay on the same tensors, Python does
 not run again. So these tests catch what a real capture would get wrong - inputs baked in at capture, Python
@@ -15,7 +15,7 @@ import pytest
 import torch
 from conftest import edit_config, train_config
 
-from ednerf_ns.step_graph import CaptureError, StepGraphRunner, recorded_capture
+from ednerf_ns.accel.step_graph import CaptureError, StepGraphRunner, recorded_capture
 
 
 # ---------------------------------------------------------------------------------------------------- the runner
@@ -119,7 +119,7 @@ def test_runner_keeps_one_graph_per_key_and_a_limit():
 def setup_trainer(config, graph: bool):
     from nerfstudio.engine.callbacks import TrainingCallbackLocation
 
-    from ednerf_ns.runs import start_run
+    from ednerf_ns.tools.runs import start_run
 
     start_run(config)
     trainer = config.setup(local_rank=0, world_size=1)

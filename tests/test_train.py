@@ -12,9 +12,9 @@ import pytest
 import torch
 from conftest import make_scene, run_training, train_config
 
-from ednerf_ns.datamanager import downsample_mask, image_float, target_size
 from ednerf_ns.errors import UserError
-from ednerf_ns.refinement import RefinementLayer
+from ednerf_ns.ops.latent_grid import downsample_mask, image_float, target_size
+from ednerf_ns.ops.refinement import RefinementLayer
 
 
 def test_methods_are_registered_with_nerfstudio():
@@ -116,7 +116,7 @@ def test_latents_are_cached_and_reused(tmp_path, scene, tiny_sd):
 
 
 def test_latents_match_a_direct_vae_encoding(tmp_path, scene, tiny_sd):
-    from ednerf_ns.diffusion import LatentDiffusion
+    from ednerf_ns.models2d.diffusion import LatentDiffusion
 
     _, pipeline = build_pipeline(scene, tiny_sd, tmp_path / "cache")
     view = pipeline.datamanager.cached_train[3]
@@ -165,7 +165,7 @@ def test_trained_run_writes_checkpoint_and_ns_eval_reports_latent_psnr(trained_r
 def test_get_outputs_for_camera_decodes_full_resolution_rgb(trained_run):
     from nerfstudio.utils.eval_utils import eval_setup
 
-    from ednerf_ns.diffusion import release_all
+    from ednerf_ns.models2d.diffusion import release_all
 
     release_all()
     _, pipeline, _, _ = eval_setup(trained_run / "config.yml", test_mode="inference")

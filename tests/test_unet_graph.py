@@ -1,4 +1,4 @@
-"""UNet call acceleration (ednerf_ns.unet_graph): graph bookkeeping on the CPU, fallbacks, the hook in
+"""UNet call acceleration (ednerf_ns.accel.unet_graph): graph bookkeeping on the CPU, fallbacks, the hook in
 LatentDiffusion, and that the SD 1.5 UNet's forward pass never reads device values on the host."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import contextlib
 import pytest
 import torch
 
-from ednerf_ns.unet_graph import UNetAcceleration, UNetRunner, cuda_graph_capture, simulated_capture
+from ednerf_ns.accel.unet_graph import UNetAcceleration, UNetRunner, cuda_graph_capture, simulated_capture
 
 
 @pytest.fixture(autouse=True)
@@ -103,7 +103,7 @@ def test_a_runner_without_channels_last_restores_the_default_layout(unet):
 
 
 def test_latent_diffusion_hook_is_lazy_and_exact(tiny_sd):
-    from ednerf_ns.diffusion import LatentDiffusion
+    from ednerf_ns.models2d.diffusion import LatentDiffusion
 
     diffusion = LatentDiffusion(str(tiny_sd), "cpu")
     diffusion.set_unet_acceleration(UNetAcceleration(cuda_graph=True))

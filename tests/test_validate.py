@@ -92,7 +92,7 @@ def test_option_ranges():
 
 
 def test_step_counters_count_without_reading_the_device():
-    from ednerf_ns.health import StepHealth, all_finite
+    from ednerf_ns.ops.health import StepHealth, all_finite
 
     health = StepHealth("cpu")
     for value in (1.0, float("nan"), float("inf"), 2.0, float("nan"), float("nan")):

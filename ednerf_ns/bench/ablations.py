@@ -8,7 +8,7 @@ Per scene (a demo scene and a one-word edit of it) this trains two `ed-nerf` run
    the true target scene (same cameras, the object recoloured), which also catches blur and oversaturation;
 3. edit mask vs no mask (mask_source none), for both guidances.
 
-Every edit is also measured for multi-view consistency by depth reprojection (`ednerf_ns.evaluate`). CLIP metrics
+Every edit is also measured for multi-view consistency by depth reprojection (`ednerf_ns.tools.evaluate`). CLIP metrics
 are added when --clip-model names a CLIP checkpoint that loads (none is bundled, so by default they are skipped).
 """
 
@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
-import math
 import os
 import platform
 import time
@@ -29,6 +28,7 @@ import torch
 
 from ednerf_ns.demo.cli import EMBEDDED_MODEL
 from ednerf_ns.errors import UserError
+from ednerf_ns.ops.metrics import difference, mean_finite
 
 DEFAULT_SCENES: tuple[str, ...] = (
     "a red sphere on a gray checkered floor -> a blue sphere on a gray checkered floor",
@@ -133,7 +133,7 @@ def main(config: AblationConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     scorer = None
     if cfg.clip_model:
-        from ednerf_ns.evaluate import ClipScorer
+        from ednerf_ns.tools.evaluate import ClipScorer
 
         scorer = ClipScorer(cfg.clip_model, device)  # fails now, not after the first hour
 
@@ -215,7 +215,7 @@ def run_scene(
     """Train both stage-1 runs and the four edits of one scene, then measure them. steps = (train, edit)."""
     from ednerf_ns.configs import ed_nerf_edit_trainer, ed_nerf_trainer
     from ednerf_ns.presets import apply_small_scene_preset
-    from ednerf_ns.runs import quiet_run, train_in_process
+    from ednerf_ns.tools.runs import quiet_run, train_in_process
 
     train_steps, edit_steps = steps
     cache = scene.folder / "cache"
@@ -264,9 +264,9 @@ def measure_scene(scene: Scene, runs: dict[str, Path], scorer, advance, picture_
     """Render the held-out views of every run and compute the numbers of all three claims."""
     from ednerf_ns.demo.colors import object_color_score
     from ednerf_ns.edit_model import EdNerfEditModelConfig
-    from ednerf_ns.evaluate import clip_metrics, consistency, edit_regions, neighbour_pairs, render_views
-    from ednerf_ns.metrics import latent_psnr, masked_ssim, psnr
-    from ednerf_ns.runs import load_run
+    from ednerf_ns.ops.metrics import latent_psnr, masked_ssim, psnr
+    from ednerf_ns.tools.evaluate import clip_metrics, consistency, edit_regions, neighbour_pairs, render_views
+    from ednerf_ns.tools.runs import load_run
 
     rendered = {}
     unrefined = None
@@ -284,9 +284,9 @@ def measure_scene(scene: Scene, runs: dict[str, Path], scorer, advance, picture_
 
     def reconstruction(views) -> dict:
         return {
-            "latent_psnr": _mean([float(latent_psnr(v.latent, v.target_latent)) for v in views]),
-            "rgb_psnr": _mean([float(psnr(v.rgb, v.image)) for v in views]),
-            "rgb_ssim": _mean([float(masked_ssim(v.rgb, v.image)) for v in views]),
+            "latent_psnr": mean_finite([float(latent_psnr(v.latent, v.target_latent)) for v in views]),
+            "rgb_psnr": mean_finite([float(psnr(v.rgb, v.image)) for v in views]),
+            "rgb_ssim": mean_finite([float(masked_ssim(v.rgb, v.image)) for v in views]),
         }
 
     refinement = {"on": reconstruction(source), "off": reconstruction(rendered["refinement_off"])}
@@ -300,7 +300,7 @@ def measure_scene(scene: Scene, runs: dict[str, Path], scorer, advance, picture_
     objects = [v.mask for v in source]
 
     def colour(views, name: str) -> float | None:
-        return _mean([object_color_score(v.rgb, m, name) for v, m in zip(views, objects, strict=True)])
+        return mean_finite([object_color_score(v.rgb, m, name) for v, m in zip(views, objects, strict=True)])
 
     def edit_numbers(views) -> dict:
         numbers = {
@@ -308,18 +308,20 @@ def measure_scene(scene: Scene, runs: dict[str, Path], scorer, advance, picture_
             "source_color_score": colour(views, scene.source_color),
         }
         if views is not source:
-            numbers["background_psnr"] = _mean(
+            numbers["background_psnr"] = mean_finite(
                 [
                     float(psnr(e.rgb, s.rgb, mask=(~r)[..., None]))
                     for e, s, r in zip(views, source, regions, strict=True)
                 ]
             )
-            numbers["background_ssim"] = _mean(
+            numbers["background_ssim"] = mean_finite(
                 [float(masked_ssim(e.rgb, s.rgb, ~r)) for e, s, r in zip(views, source, regions, strict=True)]
             )
         if truth is not None:
-            numbers["target_scene_psnr"] = _mean([float(psnr(v.rgb, t)) for v, t in zip(views, truth, strict=True)])
-            numbers["target_scene_psnr_object"] = _mean(
+            numbers["target_scene_psnr"] = mean_finite(
+                [float(psnr(v.rgb, t)) for v, t in zip(views, truth, strict=True)]
+            )
+            numbers["target_scene_psnr_object"] = mean_finite(
                 [float(psnr(v.rgb, t, mask=m[..., None])) for v, t, m in zip(views, truth, objects, strict=True)]
             )
         cons = source_consistency if views is source else consistency(views, pairs, regions, tolerance=0.05)
@@ -327,8 +329,8 @@ def measure_scene(scene: Scene, runs: dict[str, Path], scorer, advance, picture_
         numbers["consistency_psnr_in_region"] = cons["psnr_in_region"]
         if scorer is not None and views is not source:
             clip = clip_metrics(scorer, source, views, scene.source_prompt, scene.target_prompt)
-            numbers["clip_directional_similarity"] = _mean(clip["directional_similarity"])
-            numbers["clip_edited_vs_target_prompt"] = _mean(clip["edited_vs_target_prompt"])
+            numbers["clip_directional_similarity"] = mean_finite(clip["directional_similarity"])
+            numbers["clip_edited_vs_target_prompt"] = mean_finite(clip["edited_vs_target_prompt"])
         return numbers
 
     edits = {"source": edit_numbers(source)}
@@ -379,7 +381,7 @@ SHEET_COLUMNS = (
 
 def save_sheet(scene: Scene, source, unrefined, rendered: dict, truth, count: int, path: Path) -> None:
     """Held-out views (rows) x the columns of SHEET_COLUMNS, with a label strip on top."""
-    from ednerf_ns.runs import labelled_contact_sheet
+    from ednerf_ns.tools.runs import labelled_contact_sheet
 
     del unrefined  # shown as numbers only: it is the same field minus the 2D layer
     rows = []
@@ -402,7 +404,7 @@ def mean_over_scenes(results: list[dict]) -> dict:
     def average(items: list):
         if all(isinstance(x, dict) for x in items):
             return {k: average([x[k] for x in items]) for k in items[0] if all(k in x for x in items)}
-        return _mean([x for x in items if isinstance(x, (int, float))])
+        return mean_finite([x for x in items if isinstance(x, (int, float))])
 
     return {"refinement": average([r["refinement"] for r in results]), "edits": average([r["edits"] for r in results])}
 
@@ -439,8 +441,8 @@ def claims(results: list[dict]) -> dict:
     for claim, differences in CLAIM_DIFFERENCES.items():
         out[claim] = {}
         for name, (a, b) in differences.items():
-            per_scene = [_sub(get(r, a), get(r, b)) for r in results]  # type: ignore[arg-type]
-            out[claim][name] = {"mean": _mean(per_scene), "per_scene": per_scene}
+            per_scene = [difference(get(r, a), get(r, b)) for r in results]  # type: ignore[arg-type]
+            out[claim][name] = {"mean": mean_finite(per_scene), "per_scene": per_scene}
     return out
 
 
@@ -506,12 +508,3 @@ def print_summary(report: dict, out: Path) -> None:
             f"{numbers['target_color_score']}, PSNR vs the true target scene {numbers.get('target_scene_psnr')}"
         )
     CONSOLE.print(f"  {out / 'ablations.json'}; contact sheets: {out}/scene_*/contact_sheet.png")
-
-
-def _sub(a: float | None, b: float | None) -> float | None:
-    return None if a is None or b is None else round(a - b, 4)
-
-
-def _mean(values: list) -> float | None:
-    kept = [float(v) for v in values if v is not None and math.isfinite(float(v))]
-    return round(sum(kept) / len(kept), 4) if kept else None

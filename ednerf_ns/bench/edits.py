@@ -13,7 +13,7 @@ is rendered from the same cameras, so every edit is scored against the exact ans
 - shape kept: IoU of the object region (pixels whose depth, rendered one ray per image pixel, lies in front of the
   floor) before vs after;
 - background PSNR: edited vs source render outside the edit region (the mask as the edit dilates it);
-- multi-view consistency: reprojection PSNR between neighbouring held-out views (`ednerf_ns.evaluate`).
+- multi-view consistency: reprojection PSNR between neighbouring held-out views (`ednerf_ns.tools.evaluate`).
 
 A recolour pair passes when all of PASS_RULE hold. Shape-change pairs (same colour, another shape) are reported
 but not counted: the embedded model was not made for them. The suite is split in two halves: defaults are chosen
@@ -25,7 +25,6 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
-import math
 import os
 import platform
 import subprocess
@@ -39,6 +38,7 @@ import torch
 
 from ednerf_ns.demo.cli import EMBEDDED_MODEL
 from ednerf_ns.errors import UserError
+from ednerf_ns.ops.metrics import difference, mean_finite
 
 Half = Literal["tune", "held_out"]
 Kind = Literal["recolour", "shape"]
@@ -128,7 +128,7 @@ PASS_RULE = {"target_color_score": 0.8, "object_psnr_gain": 3.0, "shape_iou": 0.
 """A recolour pair passes when its 3D edit reaches each of these (colour score, dB gained over the source render
 against the true target, IoU of the object region before/after, dB outside the edit region)."""
 
-# Named option sets (dotted TrainerConfig paths, see ednerf_ns.runs.apply_overrides). "default" is the method's
+# Named option sets (dotted TrainerConfig paths, see ednerf_ns.tools.runs.apply_overrides). "default" is the method's
 # defaults; "before" the edit defaults before this suite existed; the others are the levers measured in
 # docs/results.md (each names every option it ran with, so a later change of a default does not change it).
 _M = "pipeline.model."
@@ -491,8 +491,8 @@ def measure_pair(pair: Pair, source_run: Path, edit_runs: dict[str, Path], truth
     """Held-out views of the source run, every edit and the 2D reference, scored against the true target."""
     from ednerf_ns.demo.cli import parse_scene_prompt
     from ednerf_ns.edit_model import EdNerfEditModelConfig
-    from ednerf_ns.evaluate import edit_regions, neighbour_pairs, render_views
-    from ednerf_ns.runs import load_run
+    from ednerf_ns.tools.evaluate import edit_regions, neighbour_pairs, render_views
+    from ednerf_ns.tools.runs import load_run
 
     pipeline = load_run(source_run / "config.yml")
     source = render_views(pipeline, "eval")
@@ -574,9 +574,9 @@ def fine_depths(pipeline, views) -> list[torch.Tensor]:
 def object_region(
     view, floor: tuple[torch.Tensor, torch.Tensor, float], depth: torch.Tensor, margin: float = 0.08
 ) -> torch.Tensor:
-    """[H, W] bool: pixels whose `depth` (rendered for `view`'s camera) lies in front of the floor by more than `margin` world units and
-    within 1.5 units of the scene centre's distance (the demo objects stand at the origin, about 1 unit tall):
-    the object, as the render's geometry shows it, without floor or sky."""
+    """[H, W] bool: pixels whose `depth` (rendered for `view`'s camera) lies in front of the floor by more than
+    `margin` world units and within 1.5 units of the scene centre's distance (the demo objects stand at the origin,
+    about 1 unit tall): the object, as the render's geometry shows it, without floor or sky."""
     point, normal, unit = floor
     rays = view.camera.generate_rays(camera_indices=0, keep_shape=True)
     origins, directions = rays.origins.float(), rays.directions.float()
@@ -619,32 +619,34 @@ class PairScorer:
 
     def __post_init__(self) -> None:
         self.objects = [s.bool() | t for s, t in zip((v.mask for v in self.source), self.truth_masks, strict=True)]
-        self.source_regions = [object_region(v, self.floor, d) for v, d in zip(self.source, self.source_depth)]
+        self.source_regions = [
+            object_region(v, self.floor, d) for v, d in zip(self.source, self.source_depth, strict=True)
+        ]
         self.source_object_psnr = self.object_psnr(self.source)
 
     def object_psnr(self, views) -> float | None:
         """Mean PSNR against the true target inside the union of the source and target object masks."""
-        from ednerf_ns.metrics import psnr
+        from ednerf_ns.ops.metrics import psnr
 
         pairs = zip(views, self.truth, self.objects, strict=True)
-        return _mean([float(psnr(v.rgb, t, mask=m[..., None])) for v, t, m in pairs])
+        return mean_finite([float(psnr(v.rgb, t, mask=m[..., None])) for v, t, m in pairs])
 
     def score(self, views, depth: list[torch.Tensor] | None, base: list | None = None) -> dict:
         """Numbers of `views` (`depth`: their `fine_depths`, None for 2D views: no shape numbers); the background
         is compared with `base` (default: the source renders)."""
         from ednerf_ns.demo.colors import object_color_score
-        from ednerf_ns.evaluate import consistency
-        from ednerf_ns.metrics import psnr
+        from ednerf_ns.ops.metrics import psnr
+        from ednerf_ns.tools.evaluate import consistency
 
         object_psnr = self.object_psnr(views)
         numbers = {
-            "target_color_score": _mean(
+            "target_color_score": mean_finite(
                 [object_color_score(v.rgb, m, self.target_color) for v, m in zip(views, self.truth_masks, strict=True)]
             ),
             "object_psnr": object_psnr,
-            "object_psnr_gain": _sub(object_psnr, self.source_object_psnr),
-            "target_scene_psnr": _mean([float(psnr(v.rgb, t)) for v, t in zip(views, self.truth, strict=True)]),
-            "background_psnr": _mean(
+            "object_psnr_gain": difference(object_psnr, self.source_object_psnr),
+            "target_scene_psnr": mean_finite([float(psnr(v.rgb, t)) for v, t in zip(views, self.truth, strict=True)]),
+            "background_psnr": mean_finite(
                 [
                     float(psnr(v.rgb, s.rgb, mask=(~r)[..., None]))
                     for v, s, r in zip(views, base or self.source, self.regions, strict=True)
@@ -655,8 +657,10 @@ class PairScorer:
         }
         if depth is not None:
             regions = [object_region(v, self.floor, d) for v, d in zip(views, depth, strict=True)]
-            numbers["shape_iou"] = _mean([_iou(a, b) for a, b in zip(regions, self.source_regions, strict=True)])
-            numbers["shape_iou_vs_truth"] = _mean([_iou(a, b) for a, b in zip(regions, self.truth_masks, strict=True)])
+            numbers["shape_iou"] = mean_finite([_iou(a, b) for a, b in zip(regions, self.source_regions, strict=True)])
+            numbers["shape_iou_vs_truth"] = mean_finite(
+                [_iou(a, b) for a, b in zip(regions, self.truth_masks, strict=True)]
+            )
             numbers["consistency_psnr"] = consistency(views, self.pairs, self.regions, tolerance=0.05)["psnr"]
         return numbers
 
@@ -682,8 +686,8 @@ def dds_2d_reference(pipeline, pair: Pair, steps: int, defaults) -> tuple[list[R
     Each step moves every latent by `rate` times the (masked) DDS gradient plus the masked reconstruction term,
     the update of the 2D original (SGD on its loss, 0.1 x 2000 / 64^2 = 0.05 per element). Returns the decoded
     edited latents and the decoded unedited ones (the reference's own "source", for its background PSNR)."""
-    from ednerf_ns import guidance
-    from ednerf_ns.segmentation import binarize
+    from ednerf_ns.models2d.segmentation import binarize
+    from ednerf_ns.ops import guidance
 
     diffusion = pipeline.model.diffusion
     views = pipeline.datamanager.cached_eval
@@ -726,7 +730,7 @@ def dds_2d_reference(pipeline, pair: Pair, steps: int, defaults) -> tuple[list[R
 
 def save_pair_sheet(pair: Pair, source, rendered: dict, reference, truth, count: int, path: Path) -> None:
     """Held-out views (rows) x [image, source render, each variant, 2D reference, true target], labelled."""
-    from ednerf_ns.runs import labelled_contact_sheet
+    from ednerf_ns.tools.runs import labelled_contact_sheet
 
     labels = ["image", "source", *rendered, *(["2D reference"] if reference is not None else []), "true target"]
     rows = []
@@ -757,7 +761,7 @@ def summarize(results: list[dict], variants: dict, rule: dict) -> dict:
             if not got:
                 continue
             entry = {
-                k: _mean([g.get(k) for g in got])
+                k: mean_finite([g.get(k) for g in got])
                 for k in (*rule, "object_psnr", "shape_iou_vs_truth", "consistency_psnr")
             }
             entry["pairs"] = len(got)
@@ -765,16 +769,16 @@ def summarize(results: list[dict], variants: dict, rule: dict) -> dict:
             entry["pass_rate"] = round(entry["passed"] / len(got), 3)
             entry["worse_than_source"] = sum(1 for g in got if (g.get("object_psnr_gain") or 0) < 0)
             if ref:
-                entry["object_psnr_minus_2d_reference"] = _sub(
-                    entry["object_psnr"], _mean([x["object_psnr"] for x in ref])
+                entry["object_psnr_minus_2d_reference"] = difference(
+                    entry["object_psnr"], mean_finite([x["object_psnr"] for x in ref])
                 )
             summary[half][name] = entry
         if ref:
             summary[half]["reference_2d"] = {
-                k: _mean([x.get(k) for x in ref])
+                k: mean_finite([x.get(k) for x in ref])
                 for k in ("target_color_score", "object_psnr", "object_psnr_gain", "background_psnr")
             }
-        summary[half]["source_consistency_psnr"] = _mean([r["source"].get("consistency_psnr") for r in recolour])
+        summary[half]["source_consistency_psnr"] = mean_finite([r["source"].get("consistency_psnr") for r in recolour])
     return {"summary": summary, "pairs": results}
 
 
@@ -832,15 +836,6 @@ def markdown(report: dict) -> str:
             )
             label = ""
     return "\n".join(lines) + "\n"
-
-
-def _sub(a, b):
-    return None if a is None or b is None else round(a - b, 4)
-
-
-def _mean(values: list) -> float | None:
-    kept = [float(v) for v in values if v is not None and math.isfinite(float(v))]
-    return round(sum(kept) / len(kept), 4) if kept else None
 
 
 def entrypoint() -> None:

@@ -48,8 +48,8 @@ import torch.utils._pytree as pytree
 from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ednerf_ns.step_graph import is_capturing
-from ednerf_ns.unet_graph import UNetAcceleration, UNetRunner
+from ednerf_ns.accel.step_graph import is_capturing
+from ednerf_ns.accel.unet_graph import UNetAcceleration, UNetRunner
 
 # Stable Diffusion 1.5's architecture (see DESIGN.md "Stable Diffusion 1.5 architecture"); random weights.
 SD15_UNET: dict[str, Any] = {
@@ -376,7 +376,7 @@ class Bench:
             os.replace(tmp, self.cfg.output)
 
     def diffusion(self):
-        from ednerf_ns.diffusion import get_diffusion
+        from ednerf_ns.models2d.diffusion import get_diffusion
 
         assert self.model_dir is not None
         return get_diffusion(str(self.model_dir), self.device, "auto")
@@ -687,10 +687,10 @@ class Bench:
 
     def hash_grid(self) -> dict[str, Any]:
         """Forward + backward (table gradient) of the three hash grids of a step at the scene's latent size: the
-        torch kernels (ednerf_ns.hashgrid) against the fused Triton kernels, with their relative difference."""
+        torch kernels (ednerf_ns.accel.hashgrid) against the fused Triton kernels, with their relative difference."""
         from nerfstudio.field_components.encodings import HashEncoding
 
-        from ednerf_ns.hashgrid import accelerate_hash_grids
+        from ednerf_ns.accel.hashgrid import accelerate_hash_grids
 
         rays = (self.resolution // 8) ** 2
         grids = {  # nerfacto's proposal networks and the ed-nerf field, with the samples per ray of each
@@ -786,7 +786,7 @@ class Bench:
         Host synchronisations are listed over `sync_window` steps at the end of the warm-up (after step 0, which
         captures the CUDA graph), so the debug mode's own cost stays out of the measured steps.
         """
-        from ednerf_ns.runs import _reset_nerfstudio_writers, start_run
+        from ednerf_ns.tools.runs import reset_nerfstudio_writers, start_run
 
         start_run(config)
         sync_start = max(1, skip - self.cfg.sync_window)
@@ -828,7 +828,7 @@ class Bench:
                 after(trainer)
         finally:
             recorder.remove()
-            _reset_nerfstudio_writers()
+            reset_nerfstudio_writers()
         out = recorder.summary(skip)
         first = recorder.summary(0)["phases_ms"].get("iteration")
         out.update(

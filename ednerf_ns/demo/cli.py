@@ -79,8 +79,8 @@ def main(cfg: DemoConfig) -> dict:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ednerf_ns.demo.scene import caption, write_nerfstudio_dataset
-    from ednerf_ns.runs import load_run
-    from ednerf_ns.video import before_after_animation
+    from ednerf_ns.tools.runs import load_run
+    from ednerf_ns.tools.video import before_after_animation
 
     start = time.time()
     check_demo_options(cfg)
@@ -172,7 +172,7 @@ def train_scene(
     Shared by the demo and the benchmarks, so that what they measure is what the demo runs."""
     from ednerf_ns.configs import ed_nerf_trainer
     from ednerf_ns.presets import apply_small_scene_preset
-    from ednerf_ns.runs import apply_overrides, quiet_run, train_in_process
+    from ednerf_ns.tools.runs import apply_overrides, quiet_run, train_in_process
 
     config = apply_small_scene_preset(ed_nerf_trainer())
     quiet_run(config, device, runs, name, steps, seed)
@@ -200,7 +200,7 @@ def edit_scene(
     """`ed-nerf-edit` of a demo run with the method's defaults; the demo scenes' masks mark the object to edit.
     `overrides` ('pipeline.model.guidance_scale': 15, ...) change single options (benchmark variants)."""
     from ednerf_ns.configs import ed_nerf_edit_trainer
-    from ednerf_ns.runs import apply_overrides, quiet_run, train_in_process
+    from ednerf_ns.tools.runs import apply_overrides, quiet_run, train_in_process
 
     edit = ed_nerf_edit_trainer()
     quiet_run(edit, device, runs, name, steps, seed)
@@ -219,8 +219,8 @@ def measure(source_pipeline, edit_pipeline, target_color: str | None, out: Path)
     import numpy as np
 
     from ednerf_ns.demo.colors import object_color_score
-    from ednerf_ns.metrics import latent_psnr, psnr
-    from ednerf_ns.runs import contact_sheet, render_split, save_png
+    from ednerf_ns.ops.metrics import latent_psnr, psnr
+    from ednerf_ns.tools.runs import contact_sheet, render_split, save_png
 
     before = render_split(source_pipeline)
     after = render_split(edit_pipeline)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ednerf_ns.demo.colors import COLOR_NAMES, PALETTE
+from ednerf_ns.ops.cameras import look_at
 
 SHAPES: tuple[str, ...] = ("sphere", "cube", "cylinder")
 FLOORS: tuple[str, ...] = ("gray checkered floor", "wooden floor", "white tiled floor")
@@ -330,16 +331,6 @@ def random_scene(generator: Union[torch.Generator, int, None] = None, num_object
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Cameras
-
-
-def look_at(eye: torch.Tensor, target: torch.Tensor, up: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """[N, 3] eyes and targets -> [N, 3, 4] camera-to-world (OpenGL: columns right, up, back, position)."""
-    if up is None:
-        up = torch.tensor([0.0, 0.0, 1.0], dtype=eye.dtype, device=eye.device).expand_as(eye)
-    fwd = torch.nn.functional.normalize(target - eye, dim=-1)
-    right = torch.nn.functional.normalize(torch.cross(fwd, up, dim=-1), dim=-1)
-    cam_up = torch.cross(right, fwd, dim=-1)
-    return torch.stack([right, cam_up, -fwd, eye], dim=-1)
 
 
 def _spherical_eye(az: torch.Tensor, el: torch.Tensor, dist: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

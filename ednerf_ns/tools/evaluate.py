@@ -14,7 +14,6 @@ transformers (CLIP) and CLIPSeg load lazily, inside functions: `configs.py` neve
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,9 @@ import torch
 from torch import Tensor
 
 from ednerf_ns.errors import ArgumentError, UserError, first_line, warn
-from ednerf_ns.runs import RenderedView
+from ednerf_ns.ops.latent_grid import binarize, downsample_mask, image_float, latent_at_latent_resolution, upsample
+from ednerf_ns.ops.metrics import difference, mean_finite, rounded
+from ednerf_ns.tools.runs import RenderedView
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
 
@@ -76,9 +77,7 @@ class EvalView(RenderedView):
 
 @torch.no_grad()
 def render_views(pipeline, split: str = "eval", limit: int | None = None, on_view=None) -> list[EvalView]:
-    """Like `ednerf_ns.runs.render_split`, keeping depth and camera for the reprojection."""
-    from ednerf_ns.datamanager import image_float
-    from ednerf_ns.model import latent_at_latent_resolution
+    """Like `ednerf_ns.tools.runs.render_split`, keeping depth and camera for the reprojection."""
 
     dm = pipeline.datamanager
     cached = dm.cached_eval if split == "eval" else dm.cached_train
@@ -181,7 +180,7 @@ def consistency(
     per-view noise. Hence it is reported for the source renders too, over the same pairs: the edit should not
     make it worse (`consistency_psnr_change` near 0 or positive). Assumes perspective cameras.
     """
-    from ednerf_ns.metrics import psnr
+    from ednerf_ns.ops.metrics import psnr
 
     overall, inside, valid_share = [], [], []
     for a, b in pairs:
@@ -194,7 +193,11 @@ def consistency(
             region = regions[i]
             if region is not None and (valid & region).any():
                 inside.append(float(psnr(warped, views[i].rgb, mask=(valid & region)[..., None])))
-    return {"psnr": _mean(overall), "psnr_in_region": _mean(inside), "valid_fraction": _mean(valid_share)}
+    return {
+        "psnr": mean_finite(overall),
+        "psnr_in_region": mean_finite(inside),
+        "valid_fraction": mean_finite(valid_share),
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -216,9 +219,7 @@ def edit_regions(
     dilated exactly as `ed-nerf-edit` does, then upsampled x8: outside this region the edit promises to keep the
     scene. Returns (None, reason) when nothing marks the region.
     """
-    from ednerf_ns.datamanager import downsample_mask
-    from ednerf_ns.model import upsample
-    from ednerf_ns.segmentation import TextSegmenter, binarize
+    from ednerf_ns.models2d.segmentation import TextSegmenter
 
     info: dict = {"threshold": threshold, "dilation": dilation}
     if all(v.mask is not None for v in views):
@@ -240,13 +241,13 @@ def edit_regions(
         mask = binarize(soft.float().cpu(), threshold, dilation)  # [1, h, w]
         height, width = view.rgb.shape[:2]
         regions.append(upsample(mask.permute(1, 2, 0), height, width, "nearest")[..., 0] > 0.5)
-    info["coverage"] = _mean([float(r.float().mean()) for r in regions])
+    info["coverage"] = mean_finite([float(r.float().mean()) for r in regions])
     return regions, info
 
 
 def background_metrics(source: list[RenderedView], edited: list[RenderedView], regions: list[Tensor]) -> dict:
     """PSNR and SSIM of the edited renders against the source renders, outside each view's edit region."""
-    from ednerf_ns.metrics import masked_ssim, psnr
+    from ednerf_ns.ops.metrics import masked_ssim, psnr
 
     psnrs, ssims = [], []
     for s, e, region in zip(source, edited, regions, strict=True):
@@ -268,9 +269,9 @@ class ClipScorer:
     """CLIP image and text embeddings (transformers CLIPModel + CLIPProcessor), loaded once."""
 
     def __init__(self, model: str, device) -> None:
-        from ednerf_ns.diffusion import _quiet_hf_logging
+        from ednerf_ns.models2d.diffusion import quiet_hf_logging
 
-        _quiet_hf_logging()
+        quiet_hf_logging()
         try:
             from transformers import CLIPModel, CLIPProcessor
 
@@ -311,7 +312,7 @@ def clip_metrics(
     scorer: ClipScorer, source: list[RenderedView], edited: list[RenderedView], source_prompt: str, target_prompt: str
 ) -> dict:
     """Per-view CLIP directional similarity and text-image similarities (cosines)."""
-    from ednerf_ns.metrics import directional_similarity
+    from ednerf_ns.ops.metrics import directional_similarity
 
     src = scorer.images([v.rgb for v in source])
     edit = scorer.images([v.rgb for v in edited])
@@ -353,7 +354,7 @@ def resolve_prompts(edited_config, source_prompt: str | None, target_prompt: str
 
 def check_same_scene(source_pipeline, edited_pipeline, split: str, source_path: Path, edited_path: Path) -> None:
     """Refuse runs whose views of `split` are not the same cameras (different scenes or splits)."""
-    from ednerf_ns.datamanager import config_data_path
+    from ednerf_ns.validate import config_data_path
 
     def cameras(pipeline):
         dm = pipeline.datamanager
@@ -389,7 +390,7 @@ def main(cfg: EvalConfig) -> dict:
 
     from ednerf_ns.edit_model import EdNerfEditModelConfig
     from ednerf_ns.errors import check_writable_folder
-    from ednerf_ns.runs import check_run, contact_sheet, load_run, save_png
+    from ednerf_ns.tools.runs import check_run, contact_sheet, load_run, save_png
     from ednerf_ns.validate import check_range
 
     start = time.time()
@@ -511,26 +512,26 @@ def summarize(
         metrics.update({f"clip_{key}": None for key in CLIP_SIMILARITIES})
         notes["clip"] = "skipped (--no-clip)"
     else:
-        metrics["clip_directional_similarity"] = _mean(clip["directional_similarity"])
+        metrics["clip_directional_similarity"] = mean_finite(clip["directional_similarity"])
         if metrics["clip_directional_similarity"] is None:
             notes["clip_directional_similarity"] = (
                 "undefined: the source and target prompts are identical (no text direction)"
                 if source_prompt.strip() == target_prompt.strip()
                 else "undefined in every view: the edited renders are identical to the source renders"
             )
-        elif any(_clean(v) is None for v in clip["directional_similarity"]):
+        elif any(rounded(v) is None for v in clip["directional_similarity"]):
             notes["clip_directional_similarity"] = "mean over the views whose edited render differs from the source"
-        metrics.update({f"clip_{key}": _mean(clip[key]) for key in CLIP_SIMILARITIES})
+        metrics.update({f"clip_{key}": mean_finite(clip[key]) for key in CLIP_SIMILARITIES})
     if background is None:
         metrics["background_psnr"] = metrics["background_ssim"] = None
         notes["background"] = scores.region["reason"]
     else:
-        metrics["background_psnr"] = _mean(background["psnr"])
-        metrics["background_ssim"] = _mean(background["ssim"])
+        metrics["background_psnr"] = mean_finite(background["psnr"])
+        metrics["background_ssim"] = mean_finite(background["ssim"])
     cons_source, cons_edited = scores.consistency_source, scores.consistency_edited
     metrics["consistency_psnr_source"] = cons_source["psnr"]
     metrics["consistency_psnr_edited"] = cons_edited["psnr"]
-    metrics["consistency_psnr_change"] = _diff(cons_edited["psnr"], cons_source["psnr"])
+    metrics["consistency_psnr_change"] = difference(cons_edited["psnr"], cons_source["psnr"])
     metrics["consistency_psnr_in_region_source"] = cons_source["psnr_in_region"]
     metrics["consistency_psnr_in_region_edited"] = cons_edited["psnr_in_region"]
     if not scores.pairs:
@@ -544,12 +545,12 @@ def summarize(
     for i, view in enumerate(scores.source):
         entry: dict = {"name": view.name}
         if clip is not None:
-            entry["clip_directional_similarity"] = _clean(clip["directional_similarity"][i])
-            entry["clip_edited_vs_target_prompt"] = _clean(clip["edited_vs_target_prompt"][i])
-            entry["clip_source_vs_target_prompt"] = _clean(clip["source_vs_target_prompt"][i])
+            entry["clip_directional_similarity"] = rounded(clip["directional_similarity"][i])
+            entry["clip_edited_vs_target_prompt"] = rounded(clip["edited_vs_target_prompt"][i])
+            entry["clip_source_vs_target_prompt"] = rounded(clip["source_vs_target_prompt"][i])
         if background is not None:
-            entry["background_psnr"] = _clean(background["psnr"][i])
-            entry["background_ssim"] = _clean(background["ssim"][i])
+            entry["background_psnr"] = rounded(background["psnr"][i])
+            entry["background_ssim"] = rounded(background["ssim"][i])
         per_view.append(entry)
     return {
         "metrics": metrics,
@@ -595,19 +596,6 @@ def report(result: dict, out: Path) -> None:
     for key, note in result["notes"].items():
         CONSOLE.print(f"  note ({key}): {note}", highlight=False)
     CONSOLE.print(f"  {out / 'evaluation.json'}, {out / 'views.png'}")
-
-
-def _clean(value: float | None) -> float | None:
-    return None if value is None or not math.isfinite(value) else round(float(value), 4)
-
-
-def _mean(values: list) -> float | None:
-    kept = [v for v in values if v is not None and math.isfinite(v)]
-    return round(sum(kept) / len(kept), 4) if kept else None
-
-
-def _diff(a: float | None, b: float | None) -> float | None:
-    return None if a is None or b is None else round(a - b, 4)
 
 
 def entrypoint() -> None:

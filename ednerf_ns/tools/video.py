@@ -19,6 +19,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
 from ednerf_ns.errors import first_line, warn
+from ednerf_ns.ops.cameras import look_at
 
 VIDEO_FORMATS = ("gif", "mp4")
 
@@ -46,8 +47,6 @@ def orbit_poses(camera_to_worlds: Tensor, frames: int) -> Tensor:
     """[frames, 3, 4] camera-to-world poses going once around the training cameras' centre, at their mean height
     and distance, looking at the centre. Forward-facing captures (no common centre) get a small circle around
     the mean camera instead, looking where it looks."""
-    from ednerf_ns.demo.scene import look_at
-
     c2w = camera_to_worlds[:, :3, :4].float()
     origins = c2w[:, :, 3]
     up = torch.nn.functional.normalize(c2w[:, :, 1].mean(0), dim=0)

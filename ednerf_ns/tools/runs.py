@@ -13,6 +13,7 @@ from PIL import Image
 from torch import Tensor
 
 from ednerf_ns.errors import ArgumentError, UserError, first_line
+from ednerf_ns.ops.latent_grid import image_float, latent_at_latent_resolution
 
 
 def train_in_process(config, on_step: Callable[[int], None] | None = None) -> Path:
@@ -38,14 +39,14 @@ def train_in_process(config, on_step: Callable[[int], None] | None = None) -> Pa
             trainer.callbacks.append(TrainingCallback(where, report, update_every_num_iters=1))
         trainer.train()
     finally:
-        _reset_nerfstudio_writers()
+        reset_nerfstudio_writers()
     return config.get_base_dir()
 
 
 def start_run(config) -> None:
     """What `ns-train` does before building the trainer: seed everything, stamp and save config.yml; plus clear
     nerfstudio's global log writers, which a previous run in this process would otherwise keep writing to."""
-    _reset_nerfstudio_writers()
+    reset_nerfstudio_writers()
     random.seed(config.machine.seed)
     np.random.seed(config.machine.seed)
     torch.manual_seed(config.machine.seed)
@@ -53,7 +54,7 @@ def start_run(config) -> None:
     config.save_config()
 
 
-def _reset_nerfstudio_writers() -> None:
+def reset_nerfstudio_writers() -> None:
     from nerfstudio.utils import writer
 
     for event_writer in writer.EVENT_WRITERS:
@@ -151,8 +152,6 @@ def load_run(config_path: Path, test_mode: str = "test"):
 @torch.no_grad()
 def render_split(pipeline, split: str = "eval", limit: int | None = None) -> list[RenderedView]:
     """Render the views of one split (the held-out "eval" views by default) with their images and masks."""
-    from ednerf_ns.datamanager import image_float
-    from ednerf_ns.model import latent_at_latent_resolution
 
     dm = pipeline.datamanager
     cached = dm.cached_eval if split == "eval" else dm.cached_train

@@ -11,7 +11,7 @@ per-axis factors, not a `prod` over them: `prod`'s backward takes a slow zero-sa
 it is for every sample outside the scene box.
 
 On CUDA, when Triton is importable and the positions need no gradient (always, in ED-NeRF), the same function runs
-as two fused kernels instead (ednerf_ns.hashgrid_triton).
+as two fused kernels instead (ednerf_ns.accel.hashgrid_triton).
 """
 
 from __future__ import annotations
@@ -50,14 +50,14 @@ class FastHashEncoding(HashEncoding):
         self.register_buffer("_fast_offsets", self.hash_offset.to(device=device, dtype=torch.int64), persistent=False)
 
     use_triton: bool = False
-    """On CUDA, when the positions need no gradient: the fused Triton kernels of ednerf_ns.hashgrid_triton."""
+    """On CUDA, when the positions need no gradient: the fused Triton kernels of ednerf_ns.accel.hashgrid_triton."""
 
     def pytorch_fwd(self, in_tensor: Tensor) -> Tensor:
         if getattr(self, "_fast_primes", None) is None or self._fast_primes.device != in_tensor.device:
             self._prepare(in_tensor.device)
         if self.use_triton and in_tensor.is_cuda and not in_tensor.requires_grad and _triton_usable(self):
             try:
-                from ednerf_ns.hashgrid_triton import hash_grid_encode
+                from ednerf_ns.accel.hashgrid_triton import hash_grid_encode
 
                 return hash_grid_encode(in_tensor, self.hash_table, self._fast_scalings, self.hash_table_size)
             except Exception as exc:  # no triton, an unsupported GPU, a compiler error: the torch path still works

@@ -1,6 +1,9 @@
-"""Image and latent quality measures shared by the model, the demo and `ednerf-eval` (pure torch)."""
+"""Image and latent quality measures shared by the model, the demo and `ednerf-eval` (pure torch), and the rounding
+of the numbers they report."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -77,3 +80,23 @@ def directional_similarity(
     cos = (img * txt).sum(-1) / (img.norm(dim=-1) * txt.norm(dim=-1)).clamp_min(1e-12)
     undefined = (img.norm(dim=-1) < eps) | (txt.norm(dim=-1) < eps)
     return torch.where(undefined, torch.full_like(cos, float("nan")), cos)
+
+
+# ---------------------------------------------------------------------------------------------------- summaries
+# Reported numbers (JSON of ednerf-eval, the ablations and the edit suite): 4 decimals, None where undefined.
+
+
+def rounded(value: float | None) -> float | None:
+    """`value` to 4 decimals; None when it is None or not finite (JSON has no NaN)."""
+    return None if value is None or not math.isfinite(value) else round(float(value), 4)
+
+
+def mean_finite(values: list) -> float | None:
+    """Mean of the finite values (None and NaN skipped), to 4 decimals; None when none is left."""
+    kept = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    return round(sum(kept) / len(kept), 4) if kept else None
+
+
+def difference(a: float | None, b: float | None) -> float | None:
+    """a - b to 4 decimals; None when either is missing."""
+    return None if a is None or b is None else round(a - b, 4)

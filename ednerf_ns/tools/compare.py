@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from ednerf_ns.video import VIDEO_FORMATS
+from ednerf_ns.tools.video import VIDEO_FORMATS
 
 
 @dataclass
@@ -50,10 +50,10 @@ def main(cfg: CompareConfig) -> list[Path]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ednerf_ns.errors import check_writable_folder
-    from ednerf_ns.evaluate import check_same_scene
-    from ednerf_ns.runs import check_run, load_run, save_png
+    from ednerf_ns.tools.evaluate import check_same_scene
+    from ednerf_ns.tools.runs import check_run, load_run, save_png
+    from ednerf_ns.tools.video import before_after_animation
     from ednerf_ns.validate import check_range
-    from ednerf_ns.video import before_after_animation
 
     check_range(cfg.frames, "--frames", low=2, hint="pass 2 or more frames")
     check_range(cfg.fps, "--fps", low=0, low_open=True, high=100, hint="pass frames per second in (0, 100]")

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from ednerf_ns.datamanager import LATENT_SCALE
 from ednerf_ns.errors import UserError, first_line
+from ednerf_ns.ops.latent_grid import LATENT_SCALE
 
 
 class TextSegmenter:
@@ -63,11 +63,3 @@ class TextSegmenter:
             save_file({"mask": latent.half().contiguous()}, str(tmp))
             os.replace(tmp, path)
         return latent
-
-
-def binarize(soft: Tensor, threshold: float, dilation: int) -> Tensor:
-    """Soft mask [1, h, w] -> {0, 1} mask, grown by `dilation` pixels (max-pooling)."""
-    mask = (soft > threshold).float()
-    if dilation > 0:
-        mask = F.max_pool2d(mask[None], kernel_size=2 * dilation + 1, stride=1, padding=dilation)[0]
-    return mask

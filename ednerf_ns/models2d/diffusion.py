@@ -20,8 +20,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from ednerf_ns.accel.unet_graph import UNetAcceleration, UNetRunner
 from ednerf_ns.errors import UserError, first_line, warn
-from ednerf_ns.unet_graph import UNetAcceleration, UNetRunner
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 DtypeName = Literal["auto", "float16", "bfloat16", "float32"]
@@ -91,7 +91,7 @@ class LatentDiffusion:
                         f"layout (vae/, unet/, text_encoder/, tokenizer/, scheduler/)"
                     )
                 source = str(folder)
-            _quiet_hf_logging()
+            quiet_hf_logging()
             try:
                 if part in ("scheduler", "tokenizer"):
                     obj = cls.from_pretrained(source, subfolder=part)
@@ -287,7 +287,7 @@ class LatentDiffusion:
 
     def set_unet_acceleration(self, options: UNetAcceleration) -> None:
         """How `predict_noise` runs the UNet on CUDA: CUDA-graph replay, torch.compile, channels_last (see
-        ednerf_ns.unet_graph). Takes effect at the next call and never loads the UNet by itself."""
+        ednerf_ns.accel.unet_graph). Takes effect at the next call and never loads the UNet by itself."""
         if options != self._unet_acceleration:
             self._unet_acceleration = options
             self._unet_runner = None
@@ -346,7 +346,7 @@ def blend_ramp(length: int, ramp_start: bool, ramp_end: bool, overlap: int) -> T
     return weights
 
 
-def _quiet_hf_logging() -> None:
+def quiet_hf_logging() -> None:
     """diffusers/transformers print per-load progress bars and advice (e.g. to install accelerate) that are noise
     in a training log; errors still surface as exceptions."""
     import diffusers

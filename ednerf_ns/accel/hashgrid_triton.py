@@ -1,6 +1,6 @@
 """The hash-grid encoding as two fused Triton kernels (CUDA), used by `FastHashEncoding` when Triton is there.
 
-The torch version (ednerf_ns.hashgrid) runs about twenty kernels per encoding and writes every intermediate -
+The torch version (ednerf_ns.accel.hashgrid) runs about twenty kernels per encoding and writes every intermediate -
 corner coordinates, hashes, indices, weights, gathered features, all of them [samples, levels, 8] - to memory and
 reads it back; its backward scatters through a sorted index. Here one kernel does the whole forward for a block
 of samples and one level (coordinates, hashes, trilinear weights, gathers, weighted sum) and writes only the

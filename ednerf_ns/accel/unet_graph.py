@@ -107,7 +107,7 @@ class UNetRunner:
             or not torch.is_tensor(timestep)
             or _inside_capture(sample)
         ):
-            # Inside a capture (the whole step is being recorded, see ednerf_ns.step_graph) the call's kernels
+            # Inside a capture (the whole step is being recorded, see ednerf_ns.accel.step_graph) the call's kernels
             # become part of that graph; replaying a graph of our own there is not possible.
             self.stats.direct_calls += 1
             return self.run_direct(sample, timestep, text)
@@ -165,7 +165,7 @@ class UNetRunner:
 
 
 def _inside_capture(sample: Tensor) -> bool:
-    from ednerf_ns.step_graph import is_capturing
+    from ednerf_ns.accel.step_graph import is_capturing
 
     return is_capturing() or (sample.is_cuda and torch.cuda.is_current_stream_capturing())
 
