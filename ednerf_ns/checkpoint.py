@@ -1,4 +1,5 @@
-"""Finding, reading and verifying nerfstudio checkpoints of ed-nerf runs (safely under torch >= 2.6).
+"""ed-nerf runs on disk: finding and reading their config.yml, finding, reading and verifying their nerfstudio
+checkpoints (safely under torch >= 2.6), and writing checkpoints atomically.
 
 nerfstudio 1.1.5 calls `torch.load` without `weights_only`, and on some mismatches loads nothing without saying
 so. Here every load is `weights_only=True` (checkpoints hold only tensors and plain containers), and every
@@ -66,6 +67,52 @@ def read_checkpoint(path: Path) -> dict:
     return state
 
 
+def run_config_file(path: Path) -> Path:
+    """A run's config.yml, given it or the run folder."""
+    path = Path(path).expanduser()
+    return path / "config.yml" if path.is_dir() else path
+
+
+def source_models_folder(run: Path) -> Path:
+    """The nerfstudio_models folder of a run given as its folder, its config.yml or that folder itself."""
+    run = Path(run).expanduser()
+    if run.name == "config.yml" or run.is_file():
+        return run.parent / "nerfstudio_models"
+    if (run / "nerfstudio_models").is_dir() or (run / "config.yml").is_file():
+        return run / "nerfstudio_models"
+    return run
+
+
+def read_run_config(path: Path, flag: str | None = None) -> tuple[Path, object]:
+    """(config.yml, its saved TrainerConfig) of an ed-nerf or ed-nerf-edit run, with one-line errors that name
+    `flag` (the command-line option the path came from) when given."""
+    file = run_config_file(path)
+    what = f"{flag} '{path}'" if flag else f"'{file}'"
+    if not file.is_file():
+        raise ArgumentError(
+            f"{what} does not exist; pass the config.yml (or the folder) of an ed-nerf or ed-nerf-edit run"
+        )
+    try:
+        config = yaml.load(file.read_text(), Loader=yaml.Loader)
+    except Exception as exc:
+        raise UserError(f"could not read {what}: {first_line(exc, 200)}; pass the config.yml of a run") from None
+    method = config.get("method_name") if isinstance(config, dict) else getattr(config, "method_name", None)
+    if method not in ED_NERF_METHODS:
+        raise UserError(f"{what} is a '{method}' run, not an ed-nerf run; pass an ed-nerf or ed-nerf-edit run")
+    if not hasattr(config, "pipeline"):
+        raise UserError(f"{what} is not a complete run config (no pipeline); pass the config.yml ns-train wrote")
+    return file, config
+
+
+def require_source_run(given: object | None) -> None:
+    """ed-nerf-edit edits an existing run: refuse to start without one (`given`: what names it, None = nothing)."""
+    if given is None:
+        raise ArgumentError(
+            "ed-nerf-edit needs the run to edit: pass --source-run <ed-nerf run folder> "
+            "(or --load-dir <run>/nerfstudio_models)"
+        )
+
+
 def locate_source_run(load_dir: Path, load_step: int | None) -> SourceRun:
     """Validate that `load_dir` is the nerfstudio_models folder of an ed-nerf run and describe it."""
     ckpt, step = find_checkpoint(load_dir, load_step)
@@ -74,15 +121,7 @@ def locate_source_run(load_dir: Path, load_step: int | None) -> SourceRun:
         raise UserError(
             f"no config.yml next to '{load_dir}'; --load-dir must be the nerfstudio_models folder inside an ed-nerf run"
         )
-    try:
-        config = yaml.load(config_path.read_text(), Loader=yaml.Loader)
-    except Exception as exc:
-        raise UserError(f"could not read '{config_path}': {first_line(exc, 200)}; is that run complete?") from None
-    method = getattr(config, "method_name", None)
-    if method not in ED_NERF_METHODS:
-        raise UserError(
-            f"'{load_dir}' belongs to a '{method}' run, not an ed-nerf run; train one with `ns-train ed-nerf` first"
-        )
+    _, config = read_run_config(config_path)
     return SourceRun(config_path=config_path, checkpoint_path=ckpt, step=step, config=config)
 
 

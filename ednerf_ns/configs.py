@@ -7,21 +7,16 @@ diffusers or transformers (those load lazily, when a model is actually built).
 from __future__ import annotations
 
 from nerfstudio.configs.base_config import ViewerConfig
-from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
 from nerfstudio.engine.optimizers import AdamOptimizerConfig
 from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
 from nerfstudio.plugins.types import MethodSpecification
 
 from ednerf_ns.compat import allow_numpy_scalars_in_checkpoints
-from ednerf_ns.datamanager import LatentDatamanagerConfig
-from ednerf_ns.edit_model import EdNerfEditModelConfig
-from ednerf_ns.edit_pipeline import EdNerfEditPipelineConfig
-from ednerf_ns.model import EdNerfModelConfig
-from ednerf_ns.pipeline import EdNerfPipelineConfig
-from ednerf_ns.trainer import EdNerfEditTrainerConfig, EdNerfTrainerConfig
+from ednerf_ns.edit_pipeline import default_edit_pipeline
+from ednerf_ns.pipeline import default_pipeline
+from ednerf_ns.trainer import EDIT_STEPS, TRAIN_STEPS, EdNerfEditTrainerConfig, EdNerfTrainerConfig
 
-TRAIN_STEPS = 5000
-EDIT_STEPS = 500
+__all__ = ["EDIT_STEPS", "TRAIN_STEPS", "ed_nerf", "ed_nerf_edit", "ed_nerf_edit_trainer", "ed_nerf_trainer"]
 
 allow_numpy_scalars_in_checkpoints()
 
@@ -51,10 +46,7 @@ def _trainer(config_class: type, method_name: str, steps: int, pipeline, optimiz
 
 
 def ed_nerf_trainer() -> EdNerfTrainerConfig:
-    pipeline = EdNerfPipelineConfig(
-        datamanager=LatentDatamanagerConfig(dataparser=NerfstudioDataParserConfig()),
-        model=EdNerfModelConfig(eval_num_rays_per_chunk=1 << 15),
-    )
+    pipeline = default_pipeline()
     optimizers = {
         "proposal_networks": _adam(1e-2, 1e-4, TRAIN_STEPS),
         "fields": _adam(1e-2, 1e-4, TRAIN_STEPS),
@@ -71,10 +63,7 @@ ed_nerf = MethodSpecification(
 
 
 def ed_nerf_edit_trainer() -> EdNerfEditTrainerConfig:
-    pipeline = EdNerfEditPipelineConfig(
-        datamanager=LatentDatamanagerConfig(dataparser=NerfstudioDataParserConfig()),
-        model=EdNerfEditModelConfig(eval_num_rays_per_chunk=1 << 15),
-    )
+    pipeline = default_edit_pipeline()
     # Edits move the hash-grid features (`fields`) at the training rate, and the colour head (`field_mlps`, when
     # EdNerfEditModelConfig.edit_field selects it) at the same rate: on the edit suite's tuning half 1e-2 reached
     # warm targets from cool colours that 1e-3 did not (docs/results.md). The proposal networks move gently, and

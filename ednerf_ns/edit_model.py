@@ -8,7 +8,7 @@ from one batched UNet call, masked to the edit region, plus a reconstruction los
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocation
@@ -17,9 +17,10 @@ from torch.nn import Parameter
 
 from ednerf_ns.accel import step_graph
 from ednerf_ns.accel.unet_graph import UNetAcceleration
-from ednerf_ns.errors import UserError
+from ednerf_ns.errors import UserError, warn
 from ednerf_ns.model import EdNerfModel, EdNerfModelConfig
 from ednerf_ns.ops import guidance
+from ednerf_ns.validate import check_edit_options
 
 
 @dataclass
@@ -120,6 +121,14 @@ class EdNerfEditModel(EdNerfModel):
 
     config: EdNerfEditModelConfig
 
+    STEP_GRAPH_EXEMPT: ClassVar[dict[str, str]] = {
+        "prompt": "its embedding is copied into the _guidance_text buffer by prepare_train_step",
+        "source_prompt": "its embedding is copied into the _guidance_text buffer by prepare_train_step",
+        "guidance_scale": "copied into the _guidance_scale buffer by prepare_train_step",
+    }
+    """See EdNerfModel.STEP_GRAPH_EXEMPT: the viewer's live controls (prompts, guidance scale) change these during an
+    edit, and the step reads them from buffers, so they never force a new graph."""
+
     def populate_modules(self) -> None:
         super().populate_modules()
         if self.refinement is not None and not self.config.train_refinement:
@@ -182,12 +191,10 @@ class EdNerfEditModel(EdNerfModel):
 
     # ------------------------------------------------------------------ prompts
     def validate_prompts(self) -> None:
-        """Refuse what cannot work; warn about what cannot do much."""
-        from ednerf_ns.errors import warn
-
+        """Refuse what cannot work (the validation pass's checks, for callers that build the pipeline without the
+        trainer); warn about what cannot do much."""
+        check_edit_options(self.config)
         prompt = (self.config.prompt or "").strip()
-        if not prompt:
-            raise UserError('the target prompt is empty; pass --prompt "what the edited scene should show"')
         if prompt == self.config.source_prompt.strip() and self.config.guidance == "dds":
             warn("source and target prompts are identical: DDS has nothing to change (the gradient is zero)")
         if not self.config.source_prompt.strip() and self.config.guidance == "dds":
@@ -209,27 +216,6 @@ class EdNerfEditModel(EdNerfModel):
             self._guidance_text.copy_(text)
         assert self._guidance_scale is not None
         self._guidance_scale.fill_(float(cfg.guidance_scale))
-
-    def step_graph_options(self) -> tuple:
-        cfg = self.config
-        options = (
-            cfg.guidance,
-            cfg.t_min,
-            cfg.t_max,
-            cfg.timestep_weighting,
-            cfg.guidance_weight,
-            cfg.guidance_clip,
-            cfg.reconstruction_weight,
-            cfg.masked_guidance,
-            cfg.source_latent,
-            cfg.interlevel_loss_mult,
-            cfg.distortion_loss_mult,
-            cfg.refinement_bf16,
-            cfg.t_schedule,
-            cfg.t_anneal_end,
-            cfg.edit_geometry,
-        )
-        return super().step_graph_options() + options
 
     # ------------------------------------------------------------------ the edit step
     def get_loss_dict(self, outputs: dict, batch: dict, metrics_dict: dict | None = None) -> dict[str, Tensor]:

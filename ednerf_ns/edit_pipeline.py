@@ -11,20 +11,19 @@ import copy
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import torch
 from nerfstudio.utils.rich_utils import CONSOLE
 from nerfstudio.viewer.viewer_elements import ViewerSlider, ViewerText
 
-from ednerf_ns.checkpoint import SourceRun, load_verified, read_checkpoint
+from ednerf_ns.checkpoint import SourceRun, load_verified, read_checkpoint, require_source_run
 from ednerf_ns.datamanager import LatentDatamanagerConfig, default_cache_dir
 from ednerf_ns.edit_model import EdNerfEditModel, EdNerfEditModelConfig
 from ednerf_ns.errors import UserError, warn
 from ednerf_ns.model import EdNerfModelConfig
 from ednerf_ns.models2d.segmentation import TextSegmenter
 from ednerf_ns.ops.latent_grid import binarize, image_float
-from ednerf_ns.pipeline import EdNerfPipeline, EdNerfPipelineConfig
+from ednerf_ns.pipeline import EdNerfPipeline, EdNerfPipelineConfig, TestMode, default_pipeline
 
 
 @dataclass
@@ -43,26 +42,22 @@ class EdNerfEditPipelineConfig(EdNerfPipelineConfig):
     the edit and saved in config.yml with each checkpoint (pipeline.model holds the values in use at the end)."""
 
 
+def default_edit_pipeline() -> EdNerfEditPipelineConfig:
+    """The pipeline of the registered `ed-nerf-edit` method (the edit trainer's defaults, for merging options)."""
+    return default_pipeline(EdNerfEditPipelineConfig, EdNerfEditModelConfig)
+
+
 class EdNerfEditPipeline(EdNerfPipeline):
     """See the module docstring."""
 
     config: EdNerfEditPipelineConfig
     model: EdNerfEditModel
 
-    def __init__(
-        self,
-        config: EdNerfEditPipelineConfig,
-        device: str,
-        test_mode: Literal["test", "val", "inference"] = "val",
-        world_size: int = 1,
-        local_rank: int = 0,
-        grad_scaler=None,
-    ) -> None:
-        super().__init__(config, device, test_mode, world_size, local_rank, grad_scaler)
+    def __init__(self, config: EdNerfEditPipelineConfig, device: str, test_mode: TestMode = "val", **kwargs) -> None:
+        super().__init__(config, device, test_mode, **kwargs)  # world_size, local_rank, grad_scaler: as nerfstudio's
         if test_mode != "val":
             return  # ns-eval / ns-render / ns-viewer load the edited weights; no UNet, no source run needed
-        if config.source_checkpoint is None:
-            raise UserError("ed-nerf-edit needs the run to edit: pass --source-run <ed-nerf run folder>")
+        require_source_run(config.source_checkpoint)
         state = read_checkpoint(config.source_checkpoint)
         load_verified(self, state["pipeline"], f"source checkpoint '{config.source_checkpoint}'")
         CONSOLE.log(f"Loaded every parameter of {config.source_checkpoint} (step {state.get('step')})")
@@ -72,7 +67,7 @@ class EdNerfEditPipeline(EdNerfPipeline):
                 "Editing appearance only: the shape stays the source run's (pass "
                 "--pipeline.model.edit-geometry True for prompts that change the shape)"
             )
-        self._step = 0  # the trainer's current step (EdNerfEditTrainer.train_iteration), for the viewer log
+        self.current_step = 0  # the trainer's step (EdNerfEditTrainer.train_iteration sets it), for the viewer log
         self._prepare_views()
         cfg = self.model.config
         self.target_prompt_text = ViewerText(
@@ -101,8 +96,8 @@ class EdNerfEditPipeline(EdNerfPipeline):
         if getattr(self.model.config, name) == value:
             return
         setattr(self.model.config, name, value)
-        self.config.viewer_changes.append(f"step {self._step}: {name} = {value!r}")
-        CONSOLE.log(f"Viewer: {name} = {value!r} from step {self._step}")
+        self.config.viewer_changes.append(f"step {self.current_step}: {name} = {value!r}")
+        CONSOLE.log(f"Viewer: {name} = {value!r} from step {self.current_step}")
 
     # ------------------------------------------------------------------ per-view preparation
     def _prepare_views(self) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Hashable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -33,6 +33,7 @@ from torch import Tensor
 from torch.nn import Parameter
 
 from ednerf_ns.accel.hashgrid import accelerate_hash_grids
+from ednerf_ns.accel.step_graph import config_key
 from ednerf_ns.errors import UserError, warn
 from ednerf_ns.field import LATENT_FEATURES, Implementation, LatentField, resolve_implementation
 from ednerf_ns.models2d.diffusion import DEFAULT_MODEL, DtypeName, LatentDiffusion, get_diffusion
@@ -122,6 +123,12 @@ class EdNerfModel(NerfactoModel):
     """See the module docstring. `get_outputs` takes a camera (a whole view), not a ray bundle."""
 
     config: EdNerfModelConfig
+
+    STEP_GRAPH_EXEMPT: ClassVar[dict[str, str]] = {}
+    """The config fields left out of the step graph's key, each with the reason: only fields that a training step
+    reads from device buffers, which `prepare_train_step` refreshes from the config before every eager step and
+    every replay, so that changing them (in the viewer) needs no new graph. Every other field is in the key; the
+    tests check that each field either changes the key or is listed here."""
 
     # ------------------------------------------------------------------ construction
     def populate_modules(self) -> None:
@@ -328,11 +335,12 @@ class EdNerfModel(NerfactoModel):
 
     # ------------------------------------------------------------------ training steps as CUDA graphs
     def step_graph_inputs(self, camera: Cameras, batch: dict) -> tuple[Hashable | None, dict[str, Tensor]]:
-        """The key and the per-step tensors of a training step for `ednerf_ns.accel.step_graph` (key None: run eagerly).
+        """The key and the per-step tensors of a training step for `ednerf_ns.accel.step_graph` (key None: run
+        eagerly).
 
-        The key holds every Python-level decision the step takes: the view's size, whether the proposal networks
-        update this step (nerfstudio decides that in Python), which targets the batch has, and the subclass's
-        options (`step_graph_options`).
+        The key holds everything the step decides in Python: the view's size, whether the proposal networks update
+        this step (nerfstudio decides that in Python), the names, shapes and dtypes of the step's tensors, and every
+        option of the model's config except `STEP_GRAPH_EXEMPT` (`step_graph.config_key`).
         """
         cam_idx = (camera.metadata or {}).get("cam_idx")
         sampler = self.proposal_sampler
@@ -344,12 +352,9 @@ class EdNerfModel(NerfactoModel):
         for name, value in batch.items():
             if isinstance(value, Tensor) and name not in _IMAGE_RESOLUTION_KEYS:
                 tensors[f"batch:{name}"] = value.to(self.device)
-        key = (h, w, bool(updated), tuple(sorted(tensors)), self.step_graph_options())
+        signature = tuple((name, tuple(t.shape), t.dtype) for name, t in sorted(tensors.items()))
+        key = (h, w, bool(updated), signature, config_key(self.config, self.STEP_GRAPH_EXEMPT))
         return key, tensors
-
-    def step_graph_options(self) -> tuple:
-        """Options that change what a training step computes; a subclass adds its own."""
-        return (self.config.background_color, self.refinement is not None)
 
     def step_graph_outputs(self, inputs: dict[str, Tensor]) -> tuple[dict, dict]:
         """Model outputs and batch of a training step from the (static) tensors of `step_graph_inputs`."""

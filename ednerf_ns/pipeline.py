@@ -5,11 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
 from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
 from nerfstudio.viewer.viewer_elements import ViewerCheckbox
 
 from ednerf_ns.datamanager import LatentDatamanagerConfig
 from ednerf_ns.model import EdNerfModelConfig
+
+TestMode = Literal["test", "val", "inference"]
+"""What nerfstudio builds a pipeline for: val = training, test = ns-eval, inference = ns-render and the viewer."""
 
 
 @dataclass
@@ -23,6 +27,15 @@ class EdNerfPipelineConfig(VanillaPipelineConfig):
     """The latent NeRF and its refinement layer."""
 
 
+def default_pipeline(config_class: type = EdNerfPipelineConfig, model_class: type = EdNerfModelConfig):
+    """The pipeline of a registered method (`ed-nerf`; `ed-nerf-edit` with its own classes): nerfstudio's dataparser,
+    and large evaluation chunks (a 512 px view is 4096 latent rays)."""
+    return config_class(
+        datamanager=LatentDatamanagerConfig(dataparser=NerfstudioDataParserConfig()),
+        model=model_class(eval_num_rays_per_chunk=1 << 15),
+    )
+
+
 class EdNerfPipeline(VanillaPipeline):
     """VanillaPipeline whose datamanager encodes with the model's VAE (one shared copy of the weights)."""
 
@@ -32,7 +45,7 @@ class EdNerfPipeline(VanillaPipeline):
         self,
         config: EdNerfPipelineConfig,
         device: str,
-        test_mode: Literal["test", "val", "inference"] = "val",
+        test_mode: TestMode = "val",
         world_size: int = 1,
         local_rank: int = 0,
         grad_scaler=None,

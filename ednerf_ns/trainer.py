@@ -21,7 +21,18 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor
 
 from ednerf_ns.accel.step_graph import StepGraphRunner
-from ednerf_ns.checkpoint import find_checkpoint, load_verified, read_checkpoint, save_atomic
+from ednerf_ns.checkpoint import (
+    find_checkpoint,
+    load_verified,
+    locate_source_run,
+    read_checkpoint,
+    read_run_config,
+    require_source_run,
+    save_atomic,
+    source_models_folder,
+)
+from ednerf_ns.cli_options import command_line_options
+from ednerf_ns.edit_pipeline import default_edit_pipeline, merge_dataparser, merge_source_config
 from ednerf_ns.errors import (
     ArgumentError,
     Interrupted,
@@ -35,6 +46,12 @@ from ednerf_ns.errors import (
     warn,
 )
 from ednerf_ns.ops.health import StepHealth, all_finite
+from ednerf_ns.validate import check_dataset, check_options, check_same_cameras, check_same_diffusion_model
+
+TRAIN_STEPS = 5000
+"""Length of an ed-nerf run (the method's max_num_iterations)."""
+EDIT_STEPS = 500
+"""Length of an ed-nerf-edit run."""
 
 
 @dataclass
@@ -49,8 +66,6 @@ class EdNerfTrainerConfig(TrainerConfig):
 
     def validate(self) -> None:
         """The validation pass: every input this stage reads that can be checked without loading a model."""
-        from ednerf_ns.validate import check_dataset, check_options
-
         check_options(self)
         if self.load_dir is not None:  # resuming (or, for an edit, the source run): a checkpoint must be there
             find_checkpoint(self.load_dir, self.load_step)
@@ -276,9 +291,6 @@ class EdNerfEditTrainerConfig(EdNerfTrainerConfig):
     prompts, options, optimizers and step (other options given here still apply); writes a new run folder."""
 
     def validate(self) -> None:
-        from ednerf_ns.checkpoint import locate_source_run
-        from ednerf_ns.validate import check_same_cameras, check_same_diffusion_model
-
         if self.resume is not None:
             self._adopt_resumed_run()
         if self.source_run is not None:
@@ -293,13 +305,7 @@ class EdNerfEditTrainerConfig(EdNerfTrainerConfig):
                     f"--source-run '{self.source_run}' and --load-dir '{self.load_dir}' name different runs"
                 )
             self.load_dir = load_dir
-        if not (self.pipeline.model.prompt or "").strip():
-            raise ArgumentError('the target prompt is empty; pass --prompt "what the edited scene should show"')
-        if self.load_dir is None:
-            raise ArgumentError(
-                "ed-nerf-edit needs the run to edit: pass --source-run <ed-nerf run folder> "
-                "(or --load-dir <run>/nerfstudio_models)"
-            )
+        require_source_run(self.load_dir)
         source = locate_source_run(self.load_dir, self.load_step)
         source_data = getattr(source.config.pipeline.datamanager, "data", None)
         check_same_diffusion_model(self.pipeline.model.diffusion_model, source)
@@ -313,13 +319,6 @@ class EdNerfEditTrainerConfig(EdNerfTrainerConfig):
     def _adopt_resumed_run(self) -> None:
         """Take the interrupted edit's pipeline (already merged with its source run), its source checkpoint and its
         newest checkpoint; options typed on this command line still win."""
-        from ednerf_ns.checkpoint import find_checkpoint
-        from ednerf_ns.cli_options import command_line_options
-        from ednerf_ns.configs import ed_nerf_edit_trainer
-        from ednerf_ns.edit_pipeline import merge_dataparser
-        from ednerf_ns.errors import UserError
-        from ednerf_ns.tools.runs import read_run_config
-
         if self.load_checkpoint is not None and self.pipeline.source_checkpoint is not None:
             return  # adopted already (validate runs again when config.yml is saved)
         file, saved = read_run_config(self.resume, "--resume")
@@ -327,14 +326,14 @@ class EdNerfEditTrainerConfig(EdNerfTrainerConfig):
             raise UserError(f"--resume '{self.resume}' is not an ed-nerf-edit run; pass the edit run to continue")
         self.load_checkpoint, last_step = find_checkpoint(file.parent / "nerfstudio_models", None)
         given = command_line_options()
-        defaults = ed_nerf_edit_trainer()
+        defaults = default_edit_pipeline()
 
         def user_set(path: str, value, default) -> bool:
             return path in given if given is not None else value != default
 
         pipeline = copy.deepcopy(saved.pipeline)
         for section in ("model", "datamanager"):
-            ours, theirs, default = (getattr(p, section) for p in (self.pipeline, pipeline, defaults.pipeline))
+            ours, theirs, default = (getattr(p, section) for p in (self.pipeline, pipeline, defaults))
             for f in dataclasses.fields(ours):
                 value = getattr(ours, f.name)
                 if f.name != "dataparser" and user_set(f"pipeline.{section}.{f.name}", value, getattr(default, f.name)):
@@ -342,30 +341,20 @@ class EdNerfEditTrainerConfig(EdNerfTrainerConfig):
         pipeline.datamanager.dataparser = merge_dataparser(
             self.pipeline.datamanager.dataparser,
             pipeline.datamanager.dataparser,
-            defaults.pipeline.datamanager.dataparser,
+            defaults.datamanager.dataparser,
             given,
         )
         self.pipeline = pipeline
         checkpoint = Path(pipeline.source_checkpoint)
         self.load_dir, self.load_step = checkpoint.parent, int(checkpoint.stem.split("-")[-1])
         self.source_run = None
-        if not user_set("max_num_iterations", self.max_num_iterations, defaults.max_num_iterations):
+        if not user_set("max_num_iterations", self.max_num_iterations, EDIT_STEPS):
             self.max_num_iterations = saved.max_num_iterations
         if last_step + 1 >= self.max_num_iterations:
             raise UserError(
                 f"--resume '{self.resume}' already finished {last_step + 1} of {self.max_num_iterations} steps; pass "
                 f"--max-num-iterations with a larger total to edit further"
             )
-
-
-def source_models_folder(run: Path) -> Path:
-    """The nerfstudio_models folder of a run given as its folder, its config.yml or that folder itself."""
-    run = Path(run).expanduser()
-    if run.name == "config.yml" or run.is_file():
-        return run.parent / "nerfstudio_models"
-    if (run / "nerfstudio_models").is_dir() or (run / "config.yml").is_file():
-        return run / "nerfstudio_models"
-    return run
 
 
 class EdNerfEditTrainer(EdNerfTrainer):
@@ -375,20 +364,14 @@ class EdNerfEditTrainer(EdNerfTrainer):
     config: EdNerfEditTrainerConfig
 
     def setup(self, test_mode="val") -> None:
-        from ednerf_ns.checkpoint import locate_source_run
-        from ednerf_ns.cli_options import command_line_options
-        from ednerf_ns.configs import ed_nerf_edit_trainer
-        from ednerf_ns.edit_pipeline import merge_source_config
-
         set_command(self.config.method_name or "ed-nerf-edit", method=True)
         with self.faults_in_one_line():
             self.config.validate()
             source = locate_source_run(self.config.load_dir, self.config.load_step)
             CONSOLE.log(f"Editing {source.checkpoint_path} (trained {source.step + 1} steps); it will not be modified")
             if self.config.resume is None:
-                defaults = ed_nerf_edit_trainer().pipeline
                 given = command_line_options()
-                self.config.pipeline = merge_source_config(self.config.pipeline, source, defaults, given)
+                self.config.pipeline = merge_source_config(self.config.pipeline, source, default_edit_pipeline(), given)
             super().setup(test_mode=test_mode)  # saves config.yml again, now with the source's architecture
 
     def resume_hint(self) -> str:
@@ -411,7 +394,7 @@ class EdNerfEditTrainer(EdNerfTrainer):
             self.config.max_num_iterations = total
 
     def train_iteration(self, step: int):
-        self.pipeline._step = step  # type: ignore[attr-defined]
+        self.pipeline.current_step = step  # type: ignore[attr-defined]
         return super().train_iteration(step)
 
     def save_checkpoint(self, step: int, check: bool = True) -> Path:  # type: ignore[override]

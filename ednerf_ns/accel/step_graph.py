@@ -10,8 +10,10 @@ at capture. `StepGraphRunner` makes that safe for a training step:
 
 - per-step tensors (a view's rays and targets, prompt embeddings, the guidance scale) live in static buffers,
   into which each call copies the new values before the replay;
-- every Python decision the step depends on is part of the graph's *key* (view size, whether the proposal
-  networks update this step, the guidance options...): a new key gets its own graph, up to `max_graphs`;
+- every Python decision the step depends on is part of the graph's *key*: the shapes of its inputs, what the
+  model decides in Python per step (whether the proposal networks update), and a digest of every option of the
+  model's config (`config_key`), so that no option - today's or one added later - can change without a new graph;
+  a new key gets its own graph, up to `max_graphs`;
   a key is first run eagerly once (warm-up: lazy initialisation must not happen during a capture), captured
   at its second occurrence, and replayed from then on;
 - the step function does forward *and* backward; the gradients it writes are static tensors too, re-attached to
@@ -30,11 +32,15 @@ semantics of a CUDA graph - and it refuses the operators that would synchronise 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import enum
 import functools
+import hashlib
 import threading
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
+from pathlib import PurePath
 from typing import Any
 
 import torch
@@ -69,6 +75,57 @@ def _capturing_scope() -> Iterator[None]:
         yield
     finally:
         _capturing.active = previous
+
+
+class ConfigKey(tuple):
+    """The options part of a graph's key (see `config_key`): (field, value) pairs that compare and hash as a tuple;
+    shown as a short digest, since keys are logged and written to the benchmark's JSON."""
+
+    def __repr__(self) -> str:
+        return "options-" + hashlib.blake2b(tuple.__repr__(self).encode(), digest_size=6).hexdigest()
+
+
+def config_key(config: Any, exempt: Collection[str] = ()) -> ConfigKey:
+    """Every field of the dataclass `config` (nested dataclasses, lists, dicts and types included), except the
+    top-level fields named in `exempt`: the part of a graph's key that stands for the step's options.
+
+    Derived from the whole config rather than a hand-kept list, so that no option - today's or one added later -
+    can be forgotten: a graph captured under one value of any option is never replayed under another. Only options
+    that the step provably reads from device buffers refreshed before every replay may be exempt (see the model's
+    `STEP_GRAPH_EXEMPT`). Computed at every step: a direct walk of the fields, no copies.
+    """
+    fields = getattr(type(config), "__dataclass_fields__", None)
+    if fields is None:
+        raise TypeError(f"config_key needs a dataclass, not {type(config).__name__}")
+    return ConfigKey((name, _canonical(getattr(config, name))) for name in fields if name not in exempt)
+
+
+_PLAIN = frozenset({type(None), bool, int, float, str, bytes})
+
+
+def _canonical(value: Any) -> Any:
+    """`value` as nested tuples of plain values, equal exactly when the values are equal (and of the same types)."""
+    kind = type(value)
+    if kind in _PLAIN:
+        return value
+    if kind in (list, tuple):
+        return (kind.__name__, tuple(_canonical(v) for v in value))
+    if kind is dict:
+        return ("dict", tuple(sorted(((repr(_canonical(k)), _canonical(v)) for k, v in value.items()))))
+    if isinstance(value, type):
+        return f"{value.__module__}.{value.__qualname__}"
+    if dataclasses.is_dataclass(value):
+        names = kind.__dataclass_fields__
+        return (kind.__qualname__, tuple((name, _canonical(getattr(value, name))) for name in names))
+    if isinstance(value, enum.Enum):
+        return (kind.__qualname__, value.value)
+    if isinstance(value, PurePath):
+        return (kind.__name__, str(value))
+    if isinstance(value, (set, frozenset)):
+        return (kind.__name__, tuple(sorted(repr(_canonical(v)) for v in value)))
+    # Anything else has no faithful value to compare (an object's default repr is its address): refuse rather than
+    # risk a key that stays the same when the option changes.
+    raise TypeError(f"config_key cannot represent {kind.__name__} values; add a case for them")
 
 
 class CaptureError(RuntimeError):

@@ -12,8 +12,10 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from ednerf_ns.errors import ArgumentError, UserError, first_line
+from ednerf_ns.checkpoint import find_checkpoint, load_verified, read_checkpoint, read_run_config
+from ednerf_ns.errors import UserError
 from ednerf_ns.ops.latent_grid import image_float, latent_at_latent_resolution
+from ednerf_ns.validate import check_dataset
 
 
 def train_in_process(config, on_step: Callable[[int], None] | None = None) -> Path:
@@ -83,43 +85,9 @@ class RenderedView:
     """[C, h, w] the VAE latent of the dataset image (CPU)."""
 
 
-def run_config_file(path: Path) -> Path:
-    """A run's config.yml, given it or the run folder."""
-    path = Path(path).expanduser()
-    return path / "config.yml" if path.is_dir() else path
-
-
-def read_run_config(path: Path, flag: str | None = None) -> tuple[Path, object]:
-    """(config.yml, its saved TrainerConfig) of an ed-nerf or ed-nerf-edit run, with one-line errors that name
-    `flag` (the command-line option the path came from) when given."""
-    import yaml
-
-    from ednerf_ns.checkpoint import ED_NERF_METHODS
-
-    file = run_config_file(path)
-    what = f"{flag} '{path}'" if flag else f"'{file}'"
-    if not file.is_file():
-        raise ArgumentError(
-            f"{what} does not exist; pass the config.yml (or the folder) of an ed-nerf or ed-nerf-edit run"
-        )
-    try:
-        config = yaml.load(file.read_text(), Loader=yaml.Loader)
-    except Exception as exc:
-        raise UserError(f"could not read {what}: {first_line(exc, 200)}; pass the config.yml of a run") from None
-    method = config.get("method_name") if isinstance(config, dict) else getattr(config, "method_name", None)
-    if method not in ED_NERF_METHODS:
-        raise UserError(f"{what} is a '{method}' run, not an ed-nerf run; pass an ed-nerf or ed-nerf-edit run")
-    if not hasattr(config, "pipeline"):
-        raise UserError(f"{what} is not a complete run config (no pipeline); pass the config.yml ns-train wrote")
-    return file, config
-
-
 def check_run(path: Path, flag: str | None = None, with_data: bool = True) -> tuple[Path, object, Path]:
     """The validation pass for a finished run that a command reads: its config.yml, a readable checkpoint in the
     nerfstudio_models folder next to it, and (`with_data`) its dataset. Returns (config.yml, config, checkpoint)."""
-    from ednerf_ns.checkpoint import find_checkpoint
-    from ednerf_ns.validate import check_dataset
-
     file, config = read_run_config(path, flag)
     models = file.parent / "nerfstudio_models"
     if not models.is_dir():
@@ -135,8 +103,6 @@ def load_run(config_path: Path, test_mode: str = "test"):
     nerfstudio_models folder next to config.yml (so a moved run still loads), read with weights_only=True and
     verified, and one-line errors instead of tracebacks."""
     from nerfstudio.configs.method_configs import all_methods
-
-    from ednerf_ns.checkpoint import load_verified, read_checkpoint
 
     _, config, checkpoint = check_run(config_path, with_data=test_mode != "inference")
     config.pipeline.datamanager._target = all_methods[config.method_name].pipeline.datamanager._target  # type: ignore
