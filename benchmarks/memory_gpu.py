@@ -81,7 +81,7 @@ def main() -> None:
     results = {}
     for label, options in (("default", {}),):
         config = ed_nerf_edit_trainer()
-        bench._prepare(config, f"memory-{label}", 40)
+        bench.prepare_run(config, f"memory-{label}", 40)
         config.pipeline.model.diffusion_model = str(bench.model_dir)
         config.load_dir = bench.train_run / "nerfstudio_models"
         config.pipeline.model.prompt = TARGET_PROMPT

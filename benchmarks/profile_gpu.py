@@ -53,7 +53,7 @@ def profile_steps(bench, kind: str, options: dict, out: Path, wait: int = 12, ac
     from ednerf_ns.tools.runs import reset_nerfstudio_writers, start_run
 
     config = ed_nerf_edit_trainer() if kind == "edit" else ed_nerf_trainer()
-    bench._prepare(config, f"profile-{kind}", wait + active + 2)
+    bench.prepare_run(config, f"profile-{kind}", wait + active + 2)
     config.pipeline.model.diffusion_model = str(bench.model_dir)
     if kind == "edit":
         from ednerf_ns.bench.gpu import SOURCE_PROMPT, TARGET_PROMPT
