@@ -12,12 +12,32 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import hashlib  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cli_env(cache: Path) -> dict[str, str]:
+    """The environment of a command run in a subprocess: this checkout first on the path, no hub, caches in `cache`."""
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path, "HF_HUB_OFFLINE": "1", "XDG_CACHE_HOME": str(cache), "COLUMNS": "200"}
+
+
+def run_cli(
+    args: list[str], cache: Path, timeout: float = 600, env: dict[str, str] | None = None, **kwargs
+) -> subprocess.CompletedProcess:
+    """`python <args>` in a subprocess (see `cli_env`), output captured."""
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, timeout=timeout, env={**cli_env(cache), **(env or {})},
+        **kwargs,
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,9 @@ run through the graph with the same edits run eagerly, step for step.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import math
 import random
 
 import numpy as np
@@ -15,7 +18,7 @@ import pytest
 import torch
 from conftest import edit_config, train_config
 
-from ednerf_ns.accel.step_graph import CaptureError, StepGraphRunner, recorded_capture
+from ednerf_ns.accel.step_graph import CaptureError, StepGraphRunner, config_key, recorded_capture
 
 
 # ---------------------------------------------------------------------------------------------------- the runner
@@ -115,6 +118,74 @@ def test_runner_keeps_one_graph_per_key_and_a_limit():
     assert (runner.stats.captures, runner.stats.replays, runner.stats.eager_steps) == (1, 1, 4)
 
 
+# ---------------------------------------------------------------------------------------------------- graph keys
+def changed(value):
+    """Another value of the same kind as `value` (for options of any type: nested configs get a field changed)."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + 1
+    if isinstance(value, float):
+        return value + 0.5 if math.isfinite(value) else 0.0
+    if isinstance(value, str):
+        return value + " (changed)"
+    if value is None:
+        return "set"
+    if isinstance(value, (list, tuple)):
+        return type(value)([*value, value[0] if value else 1])
+    if isinstance(value, dict):
+        return {**value, "added": 1.0}
+    if isinstance(value, type):
+        return object
+    if dataclasses.is_dataclass(value):
+        name = next(f.name for f in dataclasses.fields(value) if not f.name.startswith("_"))
+        return dataclasses.replace(value, **{name: changed(getattr(value, name))})
+    raise AssertionError(f"no changed value for {value!r}")
+
+
+@dataclasses.dataclass
+class Inner:
+    rate: float = 1.0
+    names: list[str] = dataclasses.field(default_factory=lambda: ["a"])
+
+
+@dataclasses.dataclass
+class Options:
+    size: int = 2
+    inner: Inner = dataclasses.field(default_factory=Inner)
+    live: str = "read from a buffer"
+    table: dict = dataclasses.field(default_factory=lambda: {"x": (1, 2.5)})
+
+
+def test_config_key_sees_every_nested_option_but_the_exempt_ones():
+    base = config_key(Options(), exempt={"live"})
+    assert config_key(Options(), exempt={"live"}) == base and hash(config_key(Options(), {"live"})) == hash(base)
+    for options in (Options(size=3), Options(inner=Inner(rate=1.5)), Options(inner=Inner(names=["a", "b"])),
+                    Options(table={"x": (1, 2.0)}), Options(table={"x": [1, 2.5]})):  # fmt: skip
+        assert config_key(options, exempt={"live"}) != base, options
+    assert config_key(Options(live="another prompt"), exempt={"live"}) == base
+    assert config_key(Options(live="another prompt")) != config_key(Options())
+    assert repr(base).startswith("options-") and len(repr(base)) < 24  # logged: a short digest
+    with pytest.raises(TypeError, match="cannot represent"):
+        config_key(Options(inner=object()))  # type: ignore[arg-type]
+
+
+def test_every_edit_option_changes_the_step_graph_key_or_is_exempt():
+    """A new option cannot be forgotten: every field of the edit model's config is in the step graph's key, except
+    the documented few that a step reads from device buffers."""
+    from ednerf_ns.edit_model import EdNerfEditModel, EdNerfEditModelConfig
+
+    exempt = EdNerfEditModel.STEP_GRAPH_EXEMPT
+    names = [f.name for f in dataclasses.fields(EdNerfEditModelConfig)]
+    assert set(exempt) <= set(names) and set(exempt) == {"prompt", "source_prompt", "guidance_scale"}
+    base = EdNerfEditModelConfig(prompt="a blue sphere", source_prompt="a red sphere")
+    key = config_key(base, exempt)
+    for name in names:
+        config = copy.deepcopy(base)
+        setattr(config, name, changed(getattr(base, name)))
+        assert (config_key(config, exempt) != key) == (name not in exempt), name
+
+
 # ---------------------------------------------------------------------------------------------------- whole steps
 def setup_trainer(config, graph: bool):
     from nerfstudio.engine.callbacks import TrainingCallbackLocation
@@ -163,10 +234,11 @@ def assert_same_run(eager, graph):
 
 
 def test_edit_steps_through_the_graph_equal_eager_steps(trained_run, scene, cache_dir, tmp_path):
-    # The viewer's controls change the target prompt and the guidance scale mid-run; an infinite scale makes
-    # the guidance non-finite, which the device-side counter must count in replayed steps too.
+    # The viewer's controls change the target prompt and the guidance scale mid-run (read from buffers: no new
+    # graph); an infinite scale makes the guidance non-finite, which the device-side counter must count in replayed
+    # steps too. Another option changed mid-run must give a new graph, never a replay of the old one.
     steps = 16
-    changes = {6: {"prompt": "a green sphere"}, 12: {"guidance_scale": float("inf")}}
+    changes = {3: {"guidance_weight": 0.5}, 6: {"prompt": "a green sphere"}, 12: {"guidance_scale": float("inf")}}
 
     def config(name):
         return edit_config(trained_run, scene, tmp_path / name, cache_dir, steps=steps)
@@ -174,8 +246,9 @@ def test_edit_steps_through_the_graph_equal_eager_steps(trained_run, scene, cach
     eager = run_steps(config("eager"), graph=False, steps=steps, changes=changes)
     graph = run_steps(config("graph"), graph=True, steps=steps, changes=changes)
     stats = graph[0].step_graph.stats
-    # steps 0-9 update the proposal networks, later ones every other step: two graphs, each warmed up once
-    assert (stats.captures, stats.eager_steps, stats.replays) == (2, 2, steps - 4), stats
+    # steps 0-9 update the proposal networks, later ones every other step: one graph for steps 0-2, two after the
+    # guidance weight changed at step 3; each warmed up once
+    assert (stats.captures, stats.eager_steps, stats.replays) == (3, 3, steps - 6), stats
     assert_same_run(eager, graph)
     skipped = [int(run[0].pipeline.model._skipped_steps) for run in (eager, graph)]
     assert skipped == [steps - 12, steps - 12]

@@ -26,26 +26,11 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import make_scene, tree_hashes
+from conftest import REPO, cli_env, make_scene, run_cli, tree_hashes
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
 TRAIN = ["-m", "nerfstudio.scripts.train"]
 COMMON = ["--vis", "tensorboard", "--machine.device-type", "cpu"]
-
-
-def cli_env(cache: Path) -> dict[str, str]:
-    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
-    return {**os.environ, "PYTHONPATH": path, "HF_HUB_OFFLINE": "1", "XDG_CACHE_HOME": str(cache), "COLUMNS": "200"}
-
-
-def run_cli(
-    args: list[str], cache: Path, timeout: float = 600, env: dict[str, str] | None = None, **kwargs
-) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, *args], capture_output=True, text=True, timeout=timeout, env={**cli_env(cache), **(env or {})},
-        **kwargs,
-    )  # fmt: skip
 
 
 def error_line(result: subprocess.CompletedProcess, command: str, status: int) -> str:

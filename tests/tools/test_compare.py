@@ -7,8 +7,8 @@ import shutil
 
 import numpy as np
 import torch
+from conftest import run_cli
 from PIL import Image
-from test_errors import run_cli
 
 from ednerf_ns.demo.scene import orbit_cameras
 from ednerf_ns.tools.video import orbit_center, orbit_poses, side_by_side
