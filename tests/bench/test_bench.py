@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -82,12 +83,12 @@ def test_time_budget_skips_optional_sections(tmp_path):
 def test_arguments_without_tyro(monkeypatch):
     argv = ["--mode", "tiny", "--no-full-edit", "--train-steps", "7", "--time-budget-s", "9.5", "--output", "x.json"]
     monkeypatch.setitem(sys.modules, "tyro", None)  # import tyro -> ImportError: the argparse fallback
-    config = gpu._parse_args(argv)
+    config = gpu.parse_args(argv)
     assert config == gpu.GpuBenchConfig(
-        mode="tiny", full_edit=False, train_steps=7, time_budget_s=9.5, output=gpu.Path("x.json")
+        mode="tiny", full_edit=False, train_steps=7, time_budget_s=9.5, output=Path("x.json")
     )
     monkeypatch.delitem(sys.modules, "tyro")
-    assert gpu._parse_args(argv) == config
+    assert gpu.parse_args(argv) == config
 
 
 def test_sd15_builder_writes_a_loadable_diffusers_folder(tmp_path, monkeypatch):

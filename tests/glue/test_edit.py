@@ -55,14 +55,16 @@ def test_edit_loads_every_source_parameter(trained_run, scene, cache_dir, tmp_pa
     trainer.setup()
     source = torch.load(next((trained_run / "nerfstudio_models").glob("*.ckpt")), map_location="cpu")["pipeline"]
     state = trainer.pipeline.state_dict()
-    assert set(state) == set(source)
+    frozen = {k for k in state if ".density_base." in k}  # the frozen copy of the density network (the default)
+    assert frozen and set(state) == set(source) | frozen
     assert all(torch.equal(state[k].cpu(), source[k]) for k in source)
+    assert all(torch.equal(state[k].cpu(), source[k.replace("density_base.", "mlp_base.")]) for k in frozen)
     assert trainer._start_step == 0
 
 
-# What an edit may change (README, "What an edit updates"): by default the hash grid of the field's density network,
-# the colour head and the proposal networks (which follow the density); with edit_geometry False the grid and the
-# colour head only, the density coming from a frozen copy of the source's. Refinement layer, density MLP: never.
+# What an edit may change (README, "What an edit updates"): by default the hash grid of the field's density network
+# and the colour head, the density coming from a frozen copy of the source's; with edit_geometry True also the
+# proposal networks (which follow the density). Refinement layer, density MLP: never.
 GRID_AND_HEAD = ("_model.field.mlp_base.model.0.hash_table", "_model.field.mlp_head.")
 
 
@@ -75,22 +77,23 @@ def changed_keys(source_run: Path, edit_run: Path) -> tuple[set[str], dict, dict
 def test_what_an_edit_updates(edited, trained_run):
     run, _, _ = edited
     changed, source, result = changed_keys(trained_run, run)
-    proposals = {k for k in source if k.startswith("_model.proposal_networks.")}
-    assert changed - proposals == {k for k in source if k.startswith(GRID_AND_HEAD)}
-    assert changed & proposals
-    assert set(result) == set(source)
-
-
-def test_an_edit_with_frozen_geometry_changes_only_colour(trained_run, scene, cache_dir, tmp_path):
-    run = run_training(edit_config(trained_run, scene, tmp_path, cache_dir, steps=3, edit_geometry=False))
-    changed, source, result = changed_keys(trained_run, run)
     assert changed == {k for k in source if k.startswith(GRID_AND_HEAD)}
     frozen = [k for k in result if ".density_base." in k]
-    assert frozen and all(torch.equal(result[k], source[k.replace("density_base.", "mlp_base.")]) for k in frozen)
+    assert frozen and set(result) == set(source) | set(frozen)
+    assert all(torch.equal(result[k], source[k.replace("density_base.", "mlp_base.")]) for k in frozen)
     from ednerf_ns.tools.runs import load_run  # the edit run loads for viewing with its frozen copy
 
     pipeline = load_run(run / "config.yml")
     assert pipeline.model.field.density_base is not None
+
+
+def test_an_edit_of_the_geometry_also_moves_the_proposal_networks(trained_run, scene, cache_dir, tmp_path):
+    run = run_training(edit_config(trained_run, scene, tmp_path, cache_dir, steps=3, edit_geometry=True))
+    changed, source, result = changed_keys(trained_run, run)
+    proposals = {k for k in source if k.startswith("_model.proposal_networks.")}
+    assert changed - proposals == {k for k in source if k.startswith(GRID_AND_HEAD)}
+    assert changed & proposals
+    assert set(result) == set(source)
 
 
 def render_latents(config_path: Path) -> tuple[list[torch.Tensor], object]:
