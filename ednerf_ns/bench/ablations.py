@@ -16,17 +16,19 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import json
 import os
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import torch
 
-from ednerf_ns.demo.cli import EMBEDDED_MODEL
+from ednerf_ns.demo.cli import EMBEDDED_MODEL, edit_scene, train_scene
 from ednerf_ns.errors import UserError
 from ednerf_ns.ops.metrics import difference, mean_finite
 
@@ -212,46 +214,32 @@ def prepare_scene(
 def run_scene(
     scene: Scene, cfg: AblationConfig, device: str, steps: tuple[int, int], scorer, progress, advance
 ) -> dict:
-    """Train both stage-1 runs and the four edits of one scene, then measure them. steps = (train, edit)."""
-    from ednerf_ns.configs import ed_nerf_edit_trainer, ed_nerf_trainer
-    from ednerf_ns.presets import apply_small_scene_preset
-    from ednerf_ns.tools.runs import quiet_run, train_in_process
-
+    """Train both stage-1 runs and the four edits of one scene, then measure them. steps = (train, edit). Each run
+    is the demo's (`train_scene` / `edit_scene`) with the ablated option changed."""
     train_steps, edit_steps = steps
-    cache = scene.folder / "cache"
+    cache, folder = scene.folder / "cache", scene.folder / "runs"
     timings: dict[str, float] = {}
     runs: dict[str, Path] = {}
 
-    def train(name: str, config, steps: int) -> Path:
+    def timed(name: str, steps: int, stage: Callable[..., Path]) -> None:
         task = progress.add_task(f"  {scene.folder.name}: {name}", total=steps)
         began = time.time()
-        run = train_in_process(config, lambda step: progress.update(task, completed=step + 1))
+        runs[name] = stage(on_step=lambda step: progress.update(task, completed=step + 1))
         timings[name] = round(time.time() - began, 1)
         progress.remove_task(task)
         advance()
-        return run
 
     for use_refinement in (True, False):
         name = "refinement_on" if use_refinement else "refinement_off"
-        config = apply_small_scene_preset(ed_nerf_trainer())
-        quiet_run(config, device, scene.folder / "runs", name, train_steps, cfg.seed)
-        config.pipeline.datamanager.data = scene.data
-        config.pipeline.datamanager.cache_dir = cache
-        config.pipeline.model.diffusion_model = cfg.diffusion_model
-        config.pipeline.model.use_refinement = use_refinement
-        runs[name] = train(name, config, train_steps)
+        options = {"pipeline.model.use_refinement": use_refinement}
+        args = (scene.data, folder, cache, device, train_steps, cfg.seed, cfg.diffusion_model)
+        timed(name, train_steps, functools.partial(train_scene, *args, name=name, overrides=options))
 
     for name, (guidance, mask_source) in EDITS.items():
-        edit = ed_nerf_edit_trainer()
-        quiet_run(edit, device, scene.folder / "runs", name, edit_steps, cfg.seed)
-        edit.load_dir = runs["refinement_on"] / "nerfstudio_models"
-        edit.pipeline.datamanager.data = scene.data
-        edit.pipeline.datamanager.cache_dir = cache
-        edit.pipeline.model.prompt = scene.target_prompt
-        edit.pipeline.model.source_prompt = scene.source_prompt
-        edit.pipeline.model.guidance = guidance  # type: ignore[assignment]
-        edit.pipeline.model.mask_source = mask_source  # type: ignore[assignment]
-        runs[name] = train(name, edit, edit_steps)
+        options = {"pipeline.model.guidance": guidance, "pipeline.model.mask_source": mask_source}
+        args = (runs["refinement_on"], scene.data, folder, cache, device, edit_steps, cfg.seed)
+        prompts = (scene.source_prompt, scene.target_prompt)
+        timed(name, edit_steps, functools.partial(edit_scene, *args, *prompts, name=name, overrides=options))
 
     task = progress.add_task(f"  {scene.folder.name}: rendering and measuring", total=len(runs))
     result = measure_scene(scene, runs, scorer, lambda: progress.advance(task), cfg.picture_views)
