@@ -12,6 +12,7 @@ from nerfstudio.engine.optimizers import AdamOptimizerConfig
 from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
 from nerfstudio.plugins.types import MethodSpecification
 
+from ednerf_ns import timeline
 from ednerf_ns.compat import allow_numpy_scalars_in_checkpoints
 from ednerf_ns.datamanager import LatentDatamanagerConfig
 from ednerf_ns.edit_model import EdNerfEditModelConfig
@@ -93,3 +94,4 @@ ed_nerf_edit = MethodSpecification(
     config=ed_nerf_edit_trainer(),
     description="ED-NeRF stage 2: edit an ed-nerf run with a text prompt (Delta Denoising Score).",
 )
+timeline.mark("plugin_imported")

@@ -47,6 +47,7 @@ from rich.prompt import Confirm
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from ednerf_ns import timeline
 from ednerf_ns.diffusion import LatentDiffusion
 from ednerf_ns.errors import ArgumentError, UserError, first_line
 from ednerf_ns.validate import read_image
@@ -104,6 +105,7 @@ class LatentDatamanager(FullImageDatamanager[LatentInputDataset]):
                 super().__init__(config, device=device, test_mode=test_mode, **kwargs)
         except (AssertionError, KeyError, ValueError, RuntimeError, FileNotFoundError, json.JSONDecodeError) as exc:
             raise UserError(describe_dataset_error(config_data_path(config), exc)) from None
+        timeline.mark("dataset_read")
 
     def set_diffusion(self, diffusion: LatentDiffusion) -> None:
         """The VAE used to encode targets; must be set before the first batch is requested."""

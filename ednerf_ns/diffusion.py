@@ -20,6 +20,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from ednerf_ns import timeline
 from ednerf_ns.errors import UserError, first_line, warn
 from ednerf_ns.unet_graph import UNetAcceleration, UNetRunner
 
@@ -113,6 +114,7 @@ class LatentDiffusion:
                     f"machine can reach (e.g. {DEFAULT_MODEL})"
                 ) from None
             self._parts[part] = obj
+            timeline.mark(f"loaded {part}")
             return obj
 
     def _load_weights(self, cls, source: str, part: str):

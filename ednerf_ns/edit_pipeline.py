@@ -17,6 +17,7 @@ import torch
 from nerfstudio.utils.rich_utils import CONSOLE
 from nerfstudio.viewer.viewer_elements import ViewerSlider, ViewerText
 
+from ednerf_ns import timeline
 from ednerf_ns.checkpoint import SourceRun, load_verified, read_checkpoint
 from ednerf_ns.datamanager import LatentDatamanagerConfig, default_cache_dir, image_float
 from ednerf_ns.edit_model import EdNerfEditModel, EdNerfEditModelConfig
@@ -83,6 +84,7 @@ class EdNerfEditPipeline(EdNerfPipeline):
         self.guidance_scale_slider = ViewerSlider(
             "Guidance scale", float(cfg.guidance_scale), 1.0, 30.0, 0.5, cb_hook=self._on_guidance_scale
         )
+        timeline.mark("pipeline_ready")
 
     # ------------------------------------------------------------------ viewer callbacks
     def _on_target_prompt(self, element: ViewerText) -> None:

@@ -20,6 +20,7 @@ from nerfstudio.utils import writer
 from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor
 
+from ednerf_ns import timeline
 from ednerf_ns.checkpoint import find_checkpoint, load_verified, read_checkpoint, save_atomic
 from ednerf_ns.errors import (
     ArgumentError,
@@ -81,6 +82,7 @@ class EdNerfTrainer(Trainer):
     """The last training step that finished (None before the first)."""
 
     def setup(self, test_mode="val") -> None:
+        timeline.mark("setup_start")
         set_command(self.config.method_name or "ed-nerf", method=True)
         with self.faults_in_one_line():
             super().setup(test_mode=test_mode)
@@ -93,6 +95,9 @@ class EdNerfTrainer(Trainer):
             self.health = StepHealth(self.device)
             where = [TrainingCallbackLocation.AFTER_TRAIN_ITERATION]
             self.callbacks.append(TrainingCallback(where, self._after_step, update_every_num_iters=1))
+            after = [TrainingCallbackLocation.AFTER_TRAIN]  # after the final save, before the viewer's wait
+            self.callbacks.append(TrainingCallback(after, self._after_train_done, update_every_num_iters=1))
+        timeline.mark("setup_done")
 
     def train(self) -> None:
         with self.faults_in_one_line():
@@ -111,10 +116,27 @@ class EdNerfTrainer(Trainer):
                 self._stop_interrupted()
 
     def _after_step(self, step: int) -> None:  # nerfstudio passes `step` by name
+        if self.completed_step is None:
+            self._synchronize()  # the first step's own time (capture, lazy loads), not the queue behind it
+            timeline.mark("first_step")
         self.completed_step = step
         every = max(1, min(self.config.logging.steps_per_log, self.config.max_bad_steps))
         if (step + 1) % every == 0:
             self.check_health(step)
+
+    def _synchronize(self) -> None:
+        if str(self.device).startswith("cuda"):
+            torch.cuda.synchronize()
+
+    def _after_train(self) -> None:
+        self._synchronize()
+        timeline.mark("steps_done")
+        super()._after_train()
+
+    def _after_train_done(self, step: int) -> None:  # nerfstudio passes `step` by name
+        timeline.mark("saved")
+        if self.local_rank == 0:
+            timeline.write(self.base_dir)
 
     def check_health(self, step: int, saving: bool = False) -> None:
         """Read the non-finite step counters (one synchronisation): report new ones, stop a diverged run. Before a
@@ -380,6 +402,7 @@ class EdNerfEditTrainer(EdNerfTrainer):
         from ednerf_ns.configs import ed_nerf_edit_trainer
         from ednerf_ns.edit_pipeline import merge_source_config
 
+        timeline.mark("setup_start")
         set_command(self.config.method_name or "ed-nerf-edit", method=True)
         with self.faults_in_one_line():
             self.config.validate()

@@ -574,9 +574,9 @@ def fine_depths(pipeline, views) -> list[torch.Tensor]:
 def object_region(
     view, floor: tuple[torch.Tensor, torch.Tensor, float], depth: torch.Tensor, margin: float = 0.08
 ) -> torch.Tensor:
-    """[H, W] bool: pixels whose `depth` (rendered for `view`'s camera) lies in front of the floor by more than `margin` world units and
-    within 1.5 units of the scene centre's distance (the demo objects stand at the origin, about 1 unit tall):
-    the object, as the render's geometry shows it, without floor or sky."""
+    """[H, W] bool: pixels whose `depth` (rendered for `view`'s camera) lies in front of the floor by more than
+    `margin` world units and within 1.5 units of the scene centre's distance (the demo objects stand at the origin,
+    about 1 unit tall): the object, as the render's geometry shows it, without floor or sky."""
     point, normal, unit = floor
     rays = view.camera.generate_rays(camera_indices=0, keep_shape=True)
     origins, directions = rays.origins.float(), rays.directions.float()
@@ -619,7 +619,9 @@ class PairScorer:
 
     def __post_init__(self) -> None:
         self.objects = [s.bool() | t for s, t in zip((v.mask for v in self.source), self.truth_masks, strict=True)]
-        self.source_regions = [object_region(v, self.floor, d) for v, d in zip(self.source, self.source_depth)]
+        self.source_regions = [
+            object_region(v, self.floor, d) for v, d in zip(self.source, self.source_depth, strict=True)
+        ]
         self.source_object_psnr = self.object_psnr(self.source)
 
     def object_psnr(self, views) -> float | None:
