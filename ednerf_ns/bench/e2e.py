@@ -53,7 +53,8 @@ class EndToEndConfig:
     """sd15: random-weight SD 1.5-size model, 512 px scene of 60 views, CUDA, default lengths. tiny: the embedded
     model, 128 px scene, CPU, small-scene preset, short runs."""
     workdir: Path | None = None
-    """Where the model, the scene and the runs go. Default: a temporary folder, deleted at the end."""
+    """Where the model, the scene and the runs go; a scene and model already there are reused (another version of
+    the code can then be timed on the same inputs). Default: a temporary folder, deleted at the end."""
     output: Path | None = None
     """Also write the JSON result to this file."""
     resolution: int | None = None
@@ -80,6 +81,9 @@ class EndToEndConfig:
     """Seed of the scene and the model weights."""
     timeout_s: float = 900.0
     """Give up on a command after this many seconds."""
+    warmup: bool = True
+    """First run a short, untimed training and edit: kernels compiled once per machine (Triton) and the file cache
+    are then warm, as on a machine that has run the method before, whichever version is timed first."""
 
 
 def ns_train() -> list[str]:
@@ -88,20 +92,23 @@ def ns_train() -> list[str]:
     return [found] if found else [sys.executable, "-m", "nerfstudio.scripts.train"]
 
 
-def child_env() -> dict[str, str]:
+def child_env(cache: Path | None = None) -> dict[str, str]:
     """The environment of the commands: offline, and the methods registered even where the project is not
-    installed (the GPU machines run it from a source tree)."""
+    installed (the GPU machines run it from a source tree); `cache`: their latent cache (XDG_CACHE_HOME)."""
     env = dict(os.environ)
+    if cache is not None:
+        env["XDG_CACHE_HOME"] = str(cache)
     env.setdefault("NERFSTUDIO_METHOD_CONFIGS", METHODS_VARIABLE)
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
     return env
 
 
-def timed(args: list[str], log: Path, timeout: float) -> dict:
+def timed(args: list[str], log: Path, timeout: float, cache: Path | None = None) -> dict:
     """Run `args`, its output to `log`; seconds from just before the process starts to just after it exits."""
     with open(log, "w") as out:
         start = time.time()
-        proc = subprocess.run(args, stdout=out, stderr=subprocess.STDOUT, env=child_env(), timeout=timeout)
+        env = child_env(cache)
+        proc = subprocess.run(args, stdout=out, stderr=subprocess.STDOUT, env=env, timeout=timeout)
         end = time.time()
     if proc.returncode != 0:
         tail = log.read_text(errors="replace").strip().splitlines()[-3:]
@@ -109,9 +116,9 @@ def timed(args: list[str], log: Path, timeout: float) -> dict:
     return {"start": start, "end": end, "wall_s": round(end - start, 3)}
 
 
-def run_command(args: list[str], run_dir: Path, log: Path, timeout: float, steps: int) -> dict:
+def run_command(args: list[str], run_dir: Path, log: Path, timeout: float, steps: int, cache: Path) -> dict:
     """One ns-train run of `steps` steps: its wall clock and the phases its timeline.json records."""
-    result = timed(args, log, timeout)
+    result = timed(args, log, timeout, cache)
     marks = json.loads((run_dir / timeline.FILE_NAME).read_text())["marks"]
     out = {"command": " ".join(Path(a).name if a.startswith("/") else a for a in args), "wall_s": result["wall_s"]}
     out["phases_s"] = phases = timeline.phases(marks, result["start"], result["end"])
@@ -172,18 +179,24 @@ def prepare(cfg: EndToEndConfig, workdir: Path, device: str) -> tuple[Path, Path
     resolution = cfg.resolution or (512 if cfg.mode == "sd15" else 128)
     views = cfg.views or (60 if cfg.mode == "sd15" else 48)
     t0 = time.perf_counter()
-    data = write_nerfstudio_dataset(
-        parse_scene_prompt(SOURCE_PROMPT), workdir / "scene", num_views=views, resolution=resolution,
-        seed=cfg.seed, supersample=1 if cfg.mode == "sd15" else 3, write_split=True,
-    )  # fmt: skip
+    scene = workdir / f"scene-{resolution}px-{views}views-seed{cfg.seed}"
+    if not (scene / "transforms.json").is_file():
+        write_nerfstudio_dataset(
+            parse_scene_prompt(SOURCE_PROMPT), scene, num_views=views, resolution=resolution,
+            seed=cfg.seed, supersample=1 if cfg.mode == "sd15" else 3, write_split=True,
+        )  # fmt: skip
+    data = scene
     info: dict = {"resolution": resolution, "views": views, "scene_write_s": round(time.perf_counter() - t0, 1)}
     if cfg.mode == "sd15":
         import torch
 
         from ednerf_ns.bench.gpu import build_sd15
 
-        model = workdir / "sd15-random"
-        info["model"] = build_sd15(model, torch.device(device), cfg.seed)
+        model = workdir / f"sd15-random-seed{cfg.seed}"
+        if not (model / "model_index.json").is_file():
+            info["model"] = build_sd15(model, torch.device(device), cfg.seed)
+        else:
+            info["model"] = {"reused": str(model)}
         info["model"]["source"] = "random weights, SD 1.5 architecture, diffusers layout (fp16)"
     else:
         model = EMBEDDED_MODEL
@@ -191,8 +204,8 @@ def prepare(cfg: EndToEndConfig, workdir: Path, device: str) -> tuple[Path, Path
     return data, Path(model), info
 
 
-def common_args(cfg: EndToEndConfig, workdir: Path, stamp: str) -> list[str]:
-    args = ["--output-dir", str(workdir / "runs"), "--experiment-name", "e2e", "--timestamp", stamp]
+def common_args(cfg: EndToEndConfig, runs: Path, stamp: str) -> list[str]:
+    args = ["--output-dir", str(runs), "--experiment-name", "e2e", "--timestamp", stamp]
     if cfg.vis == "viewer":
         args += ["--viewer.quit-on-train-completion", "True"]
     else:
@@ -202,10 +215,38 @@ def common_args(cfg: EndToEndConfig, workdir: Path, stamp: str) -> list[str]:
     return args
 
 
+def commands(cfg, data: Path, model: Path, runs: Path, cache: Path, train_steps, edit_steps, name: str,
+             workdir: Path, record) -> None:  # fmt: skip
+    """ns-train ed-nerf, then ns-train ed-nerf-edit of that run (and the edit variants); `record`: (report, save)
+    to time them, None for an untimed warm-up."""
+    from ednerf_ns.configs import EDIT_STEPS, TRAIN_STEPS
+
+    def run(key: str, args: list[str], folder: Path, steps: int) -> None:
+        result = run_command(args, folder, workdir / f"{name}-{key}.log", cfg.timeout_s, steps, cache)
+        if record is not None:
+            record[0][key] = result
+            record[1]()
+
+    steps = train_steps or cfg.train_steps or (TRAIN_STEPS if cfg.mode == "sd15" else 300)
+    train = [*ns_train(), "ed-nerf", "--data", str(data), "--pipeline.model.diffusion-model", str(model)]
+    train += [*common_args(cfg, runs, f"{name}-train"), "--max-num-iterations", str(steps)]
+    if cfg.mode == "tiny":
+        train += SMALL_SCENE_OPTIONS
+    source = runs / "e2e" / "ed-nerf" / f"{name}-train"
+    run("train", train, source, steps)
+    steps = edit_steps or cfg.edit_steps or (EDIT_STEPS if cfg.mode == "sd15" else 60)
+    edit = [*ns_train(), "ed-nerf-edit", "--source-run", str(source), "--prompt", TARGET_PROMPT]
+    edit += ["--pipeline.model.source-prompt", SOURCE_PROMPT, *common_args(cfg, runs, f"{name}-edit")]
+    edit += ["--max-num-iterations", str(steps), *cfg.extra_edit_args]
+    run("edit", edit, runs / "e2e" / "ed-nerf-edit" / f"{name}-edit", steps)
+    for variant in cfg.edit_variants if record is not None else ():
+        key, _, options = variant.partition("=")
+        args = [a if a != f"{name}-edit" else f"{name}-{key}" for a in edit] + options.split()
+        run(f"edit:{key}", args, runs / "e2e" / "ed-nerf-edit" / f"{name}-{key}", steps)
+
+
 def main(cfg: EndToEndConfig) -> dict:
     import torch
-
-    from ednerf_ns.configs import EDIT_STEPS, TRAIN_STEPS
 
     device = "cuda" if cfg.mode == "sd15" else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
@@ -239,29 +280,15 @@ def main(cfg: EndToEndConfig) -> dict:
             report["help"] = timed([*ns_train(), "--help"], workdir / "help.log", cfg.timeout_s)
             report["help"] = {"wall_s": report["help"]["wall_s"]}
             save()
-        train = [*ns_train(), "ed-nerf", "--data", str(data), "--pipeline.model.diffusion-model", str(model)]
-        train += common_args(cfg, workdir, "train")
-        steps = cfg.train_steps or (TRAIN_STEPS if cfg.mode == "sd15" else 300)
-        train += ["--max-num-iterations", str(steps)]
-        if cfg.mode == "tiny":
-            train += SMALL_SCENE_OPTIONS
-        run = workdir / "runs" / "e2e" / "ed-nerf" / "train"
-        report["train"] = run_command(train, run, workdir / "train.log", cfg.timeout_s, steps)
-        save()
-        edit = [*ns_train(), "ed-nerf-edit", "--source-run", str(run), "--prompt", TARGET_PROMPT]
-        edit += ["--pipeline.model.source-prompt", SOURCE_PROMPT, *common_args(cfg, workdir, "edit")]
-        steps = cfg.edit_steps or (EDIT_STEPS if cfg.mode == "sd15" else 60)
-        edit += ["--max-num-iterations", str(steps), *cfg.extra_edit_args]
-        edit_run = workdir / "runs" / "e2e" / "ed-nerf-edit" / "edit"
-        report["edit"] = run_command(edit, edit_run, workdir / "edit.log", cfg.timeout_s, steps)
-        save()
-        for variant in cfg.edit_variants:
-            name, _, options = variant.partition("=")
-            args = [a if a != "edit" else name for a in edit] + options.split()
-            folder = workdir / "runs" / "e2e" / "ed-nerf-edit" / name
-            report[f"edit:{name}"] = run_command(args, folder, workdir / f"edit_{name}.log", cfg.timeout_s, steps)
-            save()
+        runs = workdir / "runs"
+        shutil.rmtree(runs, ignore_errors=True)
+        cache = workdir / f"cache-{os.getpid()}"  # latents encoded by this invocation's own training run
+        if cfg.warmup:  # with a cache of its own: the timed training still encodes every latent, as a first run does
+            commands(cfg, data, model, runs, workdir / f"cache-warmup-{os.getpid()}", 20, 5, "warmup", workdir, None)
+        commands(cfg, data, model, runs, cache, None, None, "e2e", workdir, record=(report, save))
     finally:
+        for folder in workdir.glob(f"cache-*{os.getpid()}"):
+            shutil.rmtree(folder, ignore_errors=True)
         if temporary:
             shutil.rmtree(workdir, ignore_errors=True)
     print(json.dumps(report, indent=1))
