@@ -146,3 +146,7 @@ def entrypoint() -> None:
     set_command("ednerf-edit")
     with one_line_errors():
         main()
+
+
+if __name__ == "__main__":
+    entrypoint()

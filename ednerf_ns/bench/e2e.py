@@ -33,6 +33,9 @@ from ednerf_ns.errors import UserError
 
 SOURCE_PROMPT = "a red sphere on a gray checkered floor"
 TARGET_PROMPT = "a blue sphere on a gray checkered floor"
+MORE_PROMPTS = ("a blue sphere on a gray checkered floor", "a green sphere on a gray checkered floor",
+                "a yellow sphere on a gray checkered floor")  # fmt: skip
+EDIT_MANY_MODULE = "ednerf_ns.edit_many"
 METHODS_VARIABLE = "ed-nerf=ednerf_ns.configs:ed_nerf,ed-nerf-edit=ednerf_ns.configs:ed_nerf_edit"
 
 # The small-scene preset (ednerf_ns.presets) as command-line options, for the tiny mode's CPU runs.
@@ -81,9 +84,18 @@ class EndToEndConfig:
     """Seed of the scene and the model weights."""
     timeout_s: float = 900.0
     """Give up on a command after this many seconds."""
+    prompts: tuple[str, ...] = MORE_PROMPTS
+    """Also edit the timed training run with `ednerf-edit --prompts` these prompts, in one process: what the first
+    and each further prompt cost. Empty: skipped."""
     warmup: bool = True
     """First run a short, untimed training and edit: kernels compiled once per machine (Triton) and the file cache
     are then warm, as on a machine that has run the method before, whichever version is timed first."""
+
+
+def ednerf_edit() -> list[str]:
+    """`ednerf-edit` (the console script), or the same module through this Python."""
+    found = shutil.which("ednerf-edit")
+    return [found] if found else [sys.executable, "-m", EDIT_MANY_MODULE]
 
 
 def ns_train() -> list[str]:
@@ -243,6 +255,34 @@ def commands(cfg, data: Path, model: Path, runs: Path, cache: Path, train_steps,
         key, _, options = variant.partition("=")
         args = [a if a != f"{name}-edit" else f"{name}-{key}" for a in edit] + options.split()
         run(f"edit:{key}", args, runs / "e2e" / "ed-nerf-edit" / f"{name}-{key}", steps)
+    if record is not None and cfg.prompts:
+        record[0]["prompts"] = several_prompts(cfg, source, runs, steps, cache, workdir / f"{name}-prompts.log")
+        record[1]()
+
+
+def several_prompts(cfg, source: Path, runs: Path, steps: int, cache: Path, log: Path) -> dict:
+    """`ednerf-edit --prompts ...` of `source` in one process: its wall clock, and per prompt the seconds from the
+    previous prompt's final save (the first: from process start) to its own, and how much of that was not steps."""
+    out_dir = runs / "prompts"
+    args = [*ednerf_edit(), "--source-run", str(source), "--prompts", *cfg.prompts]
+    args += ["--pipeline.model.source-prompt", SOURCE_PROMPT, "--output-dir", str(out_dir)]
+    args += ["--experiment-name", "e2e", "--max-num-iterations", str(steps)]
+    args += ["--vis", "tensorboard"] if cfg.vis == "tensorboard" else []
+    args += ["--machine.device-type", "cpu"] if cfg.mode == "tiny" else []
+    result = timed(args, log, cfg.timeout_s * len(cfg.prompts), cache)
+    folders = sorted((out_dir / "e2e" / "ed-nerf-edit").glob("*_*"), key=lambda p: p.stat().st_mtime)
+    folders = [f for f in folders if f.is_dir()]
+    if len(folders) != len(cfg.prompts):
+        raise UserError(f"ednerf-edit wrote {len(folders)} runs for {len(cfg.prompts)} prompts (see {log})")
+    per_prompt, previous = [], result["start"]
+    for folder in folders:
+        marks = json.loads((folder / timeline.FILE_NAME).read_text())["marks"]
+        total = marks["saved"] - previous
+        stepping = marks["steps_done"] - marks["setup_done"]
+        per_prompt.append({"run": folder.name, "s": round(total, 3), "not_steps_s": round(total - stepping, 3)})
+        previous = marks["saved"]
+    return {"command": "ednerf-edit --prompts " + " ".join(repr(p) for p in cfg.prompts), "steps": steps,
+            "wall_s": result["wall_s"], "per_prompt": per_prompt}  # fmt: skip
 
 
 def main(cfg: EndToEndConfig) -> dict:
