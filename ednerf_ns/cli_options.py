@@ -38,9 +38,20 @@ def given_options(argv: Sequence[str]) -> set[str]:
     return given
 
 
+_ARGUMENTS: list[str] | None = None
+
+
+def use_arguments(argv: Sequence[str]) -> None:
+    """Another command (ednerf-edit) parsed these ns-train options: they are this process's command line."""
+    global _ARGUMENTS
+    _ARGUMENTS = list(argv)
+
+
 def command_line_options() -> set[str] | None:
     """The options given to this `ns-train` process, or None when it was not started from ns-train's command line
     (a Python caller built the config: then only a value different from the default counts as set)."""
+    if _ARGUMENTS is not None:
+        return given_options(_ARGUMENTS)
     program = Path(sys.argv[0])
     if program.name != "ns-train" and program.parts[-3:] != ("nerfstudio", "scripts", "train.py"):
         return None

@@ -11,6 +11,7 @@ from nerfstudio.engine.optimizers import AdamOptimizerConfig
 from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
 from nerfstudio.plugins.types import MethodSpecification
 
+from ednerf_ns import timeline
 from ednerf_ns.compat import allow_numpy_scalars_in_checkpoints
 from ednerf_ns.edit_pipeline import default_edit_pipeline
 from ednerf_ns.pipeline import default_pipeline
@@ -82,3 +83,4 @@ ed_nerf_edit = MethodSpecification(
     config=ed_nerf_edit_trainer(),
     description="ED-NeRF stage 2: edit an ed-nerf run with a text prompt (Delta Denoising Score).",
 )
+timeline.mark("plugin_imported")

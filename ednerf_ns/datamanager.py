@@ -45,6 +45,7 @@ from rich.prompt import Confirm
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from ednerf_ns import timeline
 from ednerf_ns.errors import UserError, first_line
 from ednerf_ns.models2d.diffusion import LatentDiffusion
 from ednerf_ns.ops.latent_grid import downsample_mask, image_float, resize_image, resize_mask, target_size
@@ -101,6 +102,7 @@ class LatentDatamanager(FullImageDatamanager[LatentInputDataset]):
                 super().__init__(config, device=device, test_mode=test_mode, **kwargs)
         except (AssertionError, KeyError, ValueError, RuntimeError, FileNotFoundError, json.JSONDecodeError) as exc:
             raise UserError(describe_dataset_error(config_data_path(config), exc)) from None
+        timeline.mark("dataset_read")
 
     def set_diffusion(self, diffusion: LatentDiffusion) -> None:
         """The VAE used to encode targets; must be set before the first batch is requested."""

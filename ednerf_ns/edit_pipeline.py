@@ -16,6 +16,7 @@ import torch
 from nerfstudio.utils.rich_utils import CONSOLE
 from nerfstudio.viewer.viewer_elements import ViewerSlider, ViewerText
 
+from ednerf_ns import timeline
 from ednerf_ns.checkpoint import SourceRun, load_verified, read_checkpoint, require_source_run
 from ednerf_ns.datamanager import LatentDatamanagerConfig, default_cache_dir
 from ednerf_ns.edit_model import EdNerfEditModel, EdNerfEditModelConfig
@@ -79,6 +80,7 @@ class EdNerfEditPipeline(EdNerfPipeline):
         self.guidance_scale_slider = ViewerSlider(
             "Guidance scale", float(cfg.guidance_scale), 1.0, 30.0, 0.5, cb_hook=self._on_guidance_scale
         )
+        timeline.mark("pipeline_ready")
 
     # ------------------------------------------------------------------ viewer callbacks
     def _on_target_prompt(self, element: ViewerText) -> None:

@@ -24,7 +24,6 @@ from nerfstudio.field_components.field_heads import FieldHeadNames
 from nerfstudio.field_components.spatial_distortions import SceneContraction
 from nerfstudio.fields.density_fields import HashMLPDensityField
 from nerfstudio.model_components.losses import distortion_loss, interlevel_loss
-from nerfstudio.model_components.ray_samplers import ProposalNetworkSampler
 from nerfstudio.model_components.renderers import AccumulationRenderer, DepthRenderer
 from nerfstudio.model_components.scene_colliders import NearFarCollider
 from nerfstudio.models.nerfacto import NerfactoModel, NerfactoModelConfig
@@ -47,7 +46,7 @@ from ednerf_ns.ops.latent_grid import (
 )
 from ednerf_ns.ops.metrics import latent_psnr, psnr, ssim
 from ednerf_ns.ops.refinement import RefinementLayer
-from ednerf_ns.samplers import DeviceSpacedSampler
+from ednerf_ns.samplers import AnnealedProposalSampler, DeviceSpacedSampler
 
 
 @dataclass
@@ -223,7 +222,7 @@ class EdNerfModel(NerfactoModel):
                 )
             )
 
-        self.proposal_sampler = ProposalNetworkSampler(
+        self.proposal_sampler = AnnealedProposalSampler(
             num_nerf_samples_per_ray=cfg.num_nerf_samples_per_ray,
             num_proposal_samples_per_ray=cfg.num_proposal_samples_per_ray,
             num_proposal_network_iterations=cfg.num_proposal_iterations,
@@ -344,8 +343,9 @@ class EdNerfModel(NerfactoModel):
         """
         cam_idx = (camera.metadata or {}).get("cam_idx")
         sampler = self.proposal_sampler
-        if cam_idx is None or self.config.camera_optimizer.mode != "off" or sampler._anneal != 1.0:
-            return None, {}  # rays from optimised poses, or a proposal anneal that changes every step
+        if cam_idx is None or self.config.camera_optimizer.mode != "off":
+            return None, {}  # rays from optimised poses: new rays every step
+        # (the proposal-weight anneal needs no eager steps: AnnealedProposalSampler keeps it in a device tensor)
         rays, h, w = self.view_rays(camera)
         updated = sampler._steps_since_update > sampler.update_sched(sampler._step) or sampler._step < 10
         tensors = {f"ray:{name}": value for name, value in ray_tensors(rays).items()}

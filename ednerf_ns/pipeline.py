@@ -9,6 +9,7 @@ from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataPars
 from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
 from nerfstudio.viewer.viewer_elements import ViewerCheckbox
 
+from ednerf_ns import timeline
 from ednerf_ns.datamanager import LatentDatamanagerConfig
 from ednerf_ns.model import EdNerfModelConfig
 
@@ -51,6 +52,7 @@ class EdNerfPipeline(VanillaPipeline):
         grad_scaler=None,
     ) -> None:
         super().__init__(config, device, test_mode, world_size, local_rank, grad_scaler)
+        timeline.mark("model_built")
         self.datamanager.set_diffusion(self.model.diffusion)
         if self.model.config.render_max_image_size is None:
             # Render at the scale the NeRF was trained at (ns-render / viewer cameras come at full resolution).
@@ -59,12 +61,14 @@ class EdNerfPipeline(VanillaPipeline):
             # Training: encode (or load from the cache) every view now, so a broken image fails before the first
             # step and the encoder's progress bar is not interleaved with the training log.
             _ = self.datamanager.cached_train, self.datamanager.cached_eval
+            timeline.mark("latents_ready")
         self.refinement_toggle = ViewerCheckbox(
             "Apply refinement layer",
             default_value=True,
             cb_hook=self._on_refinement_toggle,
             hint="Show the refined render (on) or the raw latent NeRF render (off)",
         )
+        timeline.mark("pipeline_ready")
 
     def _on_refinement_toggle(self, element: ViewerCheckbox) -> None:
         self.model.view_refined = bool(element.value)

@@ -1,4 +1,9 @@
-"""The proposal sampler's first stage, with its bins made on the device.
+"""nerfacto's proposal sampling, made replayable from a CUDA graph.
+
+`AnnealedProposalSampler` keeps nerfacto's proposal-weight anneal exponent in a device tensor, so training steps
+during the anneal (the first 1000 of the default run) replay from the step graph too.
+
+`DeviceSpacedSampler` is the proposal sampler's first stage, with its bins made on the device.
 
 nerfacto starts every ray with samples spaced uniformly (or uniformly near and in disparity far away) between
 the near and far plane, jittered within their bins during training. nerfstudio's `SpacedSampler` builds the bin
@@ -14,7 +19,7 @@ from typing import Literal
 
 import torch
 from nerfstudio.cameras.rays import RayBundle, RaySamples
-from nerfstudio.model_components.ray_samplers import Sampler
+from nerfstudio.model_components.ray_samplers import ProposalNetworkSampler, Sampler
 from torch import Tensor
 
 Spacing = Literal["uniform", "piecewise"]
@@ -82,3 +87,28 @@ class DeviceSpacedSampler(Sampler):
             spacing_ends=edges[..., 1:, None],
             spacing_to_euclidean_fn=to_distance,
         )
+
+
+class AnnealedProposalSampler(ProposalNetworkSampler):
+    """nerfacto's `ProposalNetworkSampler` whose anneal exponent (`_anneal`, set every step during the anneal) is a
+    0-d device buffer written in place. nerfstudio raises the proposal weights to it with `torch.pow`, which reads a
+    tensor exponent when the kernel runs: a step recorded in a CUDA graph follows the anneal, where a Python float
+    would be baked into the graph (and so those steps had to run eagerly, about 3x slower)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        self._initial_anneal = 1.0  # the base class sets _anneal before the buffer can exist
+        super().__init__(*args, **kwargs)
+        self.register_buffer("anneal_exponent", torch.tensor(self._initial_anneal), persistent=False)
+
+    @property
+    def _anneal(self) -> Tensor | float:  # type: ignore[override]
+        buffer = self.__dict__.get("_buffers", {}).get("anneal_exponent")
+        return self._initial_anneal if buffer is None else buffer
+
+    @_anneal.setter
+    def _anneal(self, value: float) -> None:
+        buffer = self.__dict__.get("_buffers", {}).get("anneal_exponent")
+        if buffer is None:
+            self._initial_anneal = float(value)
+        else:
+            buffer.fill_(float(value))  # in place: a replayed graph reads this very tensor

@@ -20,6 +20,7 @@ from nerfstudio.utils import writer
 from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor
 
+from ednerf_ns import timeline
 from ednerf_ns.accel.step_graph import StepGraphRunner
 from ednerf_ns.checkpoint import (
     find_checkpoint,
@@ -59,6 +60,10 @@ class EdNerfTrainerConfig(TrainerConfig):
     """nerfstudio's TrainerConfig; `--load-dir` resumes an ed-nerf run (loaded with weights_only=True)."""
 
     _target: type = field(default_factory=lambda: EdNerfTrainer)
+    exit_after_save: bool = True
+    """When ns-train started this run: end the process as soon as training has finished, the final checkpoint is
+    saved and the logs are flushed, instead of waiting (1.5-3 s) for Python to tear down every module nerfstudio
+    imported. Never with wandb or comet logging (they finish their uploads at exit) or the viewer kept open."""
     max_bad_steps: int = 20
     """Stop the run, in one line and without saving, after this many consecutive steps whose loss was NaN or
     infinite (a diverged run does not recover). Read on the host every --logging.steps-per-log steps (or every
@@ -94,10 +99,15 @@ class EdNerfTrainer(Trainer):
     """Device-side count of non-finite steps (see ednerf_ns.ops.health)."""
     completed_step: int | None = None
     """The last training step that finished (None before the first)."""
+    diffusion_parts: tuple[str, ...] = ("vae",)
+    """The parts of the diffusion model this stage uses, loaded in the background while the dataset is read."""
 
     def setup(self, test_mode="val") -> None:
+        timeline.mark("setup_start")
         set_command(self.config.method_name or "ed-nerf", method=True)
         with self.faults_in_one_line():
+            if test_mode == "val":
+                self.prefetch_diffusion()
             super().setup(test_mode=test_mode)
             if self.local_rank == 0:
                 TrainerConfig.save_config(self.config)  # validated already: only rewrite what was built
@@ -108,11 +118,28 @@ class EdNerfTrainer(Trainer):
             self.health = StepHealth(self.device)
             where = [TrainingCallbackLocation.AFTER_TRAIN_ITERATION]
             self.callbacks.append(TrainingCallback(where, self._after_step, update_every_num_iters=1))
+            after = [TrainingCallbackLocation.AFTER_TRAIN]  # after the final save, before the viewer's wait
+            self.callbacks.append(TrainingCallback(after, self._after_train_done, update_every_num_iters=1))
+        timeline.mark("setup_done")
 
     def train(self) -> None:
         with self.faults_in_one_line():
             CONSOLE.log("Training; Ctrl-C stops it and saves the last step")
             super().train()
+        # (a viewer kept open after training never returns here: it serves until Ctrl-C)
+        wandb_or_comet = self.config.is_wandb_enabled() or self.config.is_comet_enabled()
+        if self.config.exit_after_save and self.world_size == 1 and started_by_ns_train() and not wandb_or_comet:
+            end_process_now(self.config.logging)
+
+    def prefetch_diffusion(self) -> None:
+        """Start reading the diffusion model's files (`diffusion_parts`) in a background thread: loading them then
+        overlaps reading the dataset, encoding its latents and loading the source run."""
+        from ednerf_ns.models2d.diffusion import get_diffusion
+
+        model = self.config.pipeline.model
+        name, dtype = getattr(model, "diffusion_model", None), getattr(model, "diffusion_dtype", "auto")
+        if name:
+            get_diffusion(name, self.device, dtype).prefetch(self.diffusion_parts)
 
     # ------------------------------------------------------------------ faults
     @contextmanager
@@ -126,10 +153,27 @@ class EdNerfTrainer(Trainer):
                 self._stop_interrupted()
 
     def _after_step(self, step: int) -> None:  # nerfstudio passes `step` by name
+        if self.completed_step is None:
+            self._synchronize()  # the first step's own time (capture, lazy loads), not the queue behind it
+            timeline.mark("first_step")
         self.completed_step = step
         every = max(1, min(self.config.logging.steps_per_log, self.config.max_bad_steps))
         if (step + 1) % every == 0:
             self.check_health(step)
+
+    def _synchronize(self) -> None:
+        if str(self.device).startswith("cuda"):
+            torch.cuda.synchronize()
+
+    def _after_train(self) -> None:
+        self._synchronize()
+        timeline.mark("steps_done")
+        super()._after_train()
+
+    def _after_train_done(self, step: int) -> None:  # nerfstudio passes `step` by name
+        timeline.mark("saved")
+        if self.local_rank == 0:
+            timeline.write(self.base_dir)
 
     def check_health(self, step: int, saving: bool = False) -> None:
         """Read the non-finite step counters (one synchronisation): report new ones, stop a diverged run. Before a
@@ -362,8 +406,10 @@ class EdNerfEditTrainer(EdNerfTrainer):
     (or, with --resume, continues an interrupted edit from its checkpoint)."""
 
     config: EdNerfEditTrainerConfig
+    diffusion_parts = ("vae", "tokenizer", "text_encoder", "scheduler", "unet")
 
     def setup(self, test_mode="val") -> None:
+        timeline.mark("setup_start")
         set_command(self.config.method_name or "ed-nerf-edit", method=True)
         with self.faults_in_one_line():
             self.config.validate()
@@ -431,3 +477,28 @@ def loss_and_backward(model, outputs: dict, batch: dict) -> tuple[Tensor, dict[s
     loss = functools.reduce(torch.add, loss_dict.values())
     loss.backward()
     return loss, loss_dict, metrics
+
+
+def started_by_ns_train() -> bool:
+    """True in the process of an `ns-train` command (its console script, or `python -m nerfstudio.scripts.train`);
+    False when a trainer runs inside another program (tests, ednerf-demo, the benchmarks)."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    return Path(sys.argv[0]).name == "ns-train" or getattr(spec, "name", None) == "nerfstudio.scripts.train"
+
+
+def end_process_now(logging_config) -> None:
+    """What nerfstudio still does after training (print the profile), every event file closed and the output
+    flushed, then exit 0 without the interpreter's teardown. Nothing is left to write by then."""
+    import os
+
+    from nerfstudio.utils import profiler
+
+    profiler.flush_profiler(logging_config)
+    for event_writer in writer.EVENT_WRITERS:
+        tb = getattr(event_writer, "tb_writer", None)
+        if tb is not None:
+            tb.close()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

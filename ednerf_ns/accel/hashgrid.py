@@ -24,7 +24,10 @@ _PRIMES = (1, 2654435761, 805459861)  # Instant-NGP's spatial hash, as nerfstudi
 
 
 class _GatherRows(torch.autograd.Function):
-    """table[index] whose backward scatters with index_add_ (atomic) instead of a sorted index_put_."""
+    """table[index] whose backward scatters with index_add_ (atomic) instead of a sorted index_put_; on the CPU with
+    scatter_add_, which sums in the same order (the same numbers) and is 13x faster there: index_add_ along rows of
+    a [T, 2] table runs a slice-by-slice loop on the CPU (62 vs 4.8 ms for a 650k-sample proposal level, 1 thread),
+    40% of a demo training step."""
 
     @staticmethod
     def forward(ctx, table: Tensor, index: Tensor) -> Tensor:
@@ -36,7 +39,10 @@ class _GatherRows(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         (index,) = ctx.saved_tensors
         grad_table = torch.zeros(ctx.table_shape, dtype=grad.dtype, device=grad.device)
-        grad_table.index_add_(0, index, grad)
+        if grad.is_cuda:
+            grad_table.index_add_(0, index, grad)
+        else:
+            grad_table.scatter_add_(0, index.long()[:, None].expand_as(grad), grad)
         return grad_table, None
 
 

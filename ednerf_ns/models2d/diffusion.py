@@ -20,6 +20,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from ednerf_ns import timeline
 from ednerf_ns.accel.unet_graph import UNetAcceleration, UNetRunner
 from ednerf_ns.errors import UserError, first_line, warn
 
@@ -63,14 +64,19 @@ class LatentDiffusion:
         self.dtype = resolve_dtype(dtype, self.device)
         self._parts: dict[str, object] = {}
         self._embeddings: dict[str, Tensor] = {}
-        self._lock = threading.Lock()  # the viewer thread decodes while the trainer thread steps
+        # One lock per part: the viewer thread decodes while the trainer thread steps, and a prefetch thread may
+        # be loading the UNet while the datamanager needs the VAE (which must not wait for it).
+        self._part_locks = {part: threading.Lock() for part in _PART_CLASSES}
         self._warned_prompts: set[str] = set()
         self._unet_acceleration = UNetAcceleration()
         self._unet_runner: UNetRunner | None = None
 
     # ------------------------------------------------------------------ loading
     def _load(self, part: str):
-        with self._lock:
+        loaded = self._parts.get(part)
+        if loaded is not None:
+            return loaded
+        with self._part_locks[part]:
             if part in self._parts:
                 return self._parts[part]
             module_name, class_name = _PART_CLASSES[part]
@@ -113,6 +119,7 @@ class LatentDiffusion:
                     f"machine can reach (e.g. {DEFAULT_MODEL})"
                 ) from None
             self._parts[part] = obj
+            timeline.mark(f"loaded {part}")
             return obj
 
     def _load_weights(self, cls, source: str, part: str):
@@ -146,6 +153,23 @@ class LatentDiffusion:
     @property
     def scheduler(self):
         return self._load("scheduler")
+
+    def prefetch(self, parts: tuple[str, ...]) -> threading.Thread:
+        """Load `parts` in a background thread, so that reading model files overlaps the caller's own setup (the
+        dataset, its latents, the source checkpoint). A part needed before the thread reaches it is loaded by the
+        caller as usual (each part loads once); a part that fails to load here is left for the caller, whose own
+        load reports the error."""
+
+        def load() -> None:
+            for part in parts:
+                try:
+                    self._load(part)
+                except Exception:
+                    return
+
+        thread = threading.Thread(target=load, name="ednerf-prefetch", daemon=True)
+        thread.start()
+        return thread
 
     def loaded_parts(self) -> list[str]:
         """Names of the parts loaded so far (used to prove that viewing never loads the UNet)."""
