@@ -164,7 +164,7 @@ class LatentDiffusion:
             for part in parts:
                 try:
                     self._load(part)
-                except Exception:
+                except (Exception, SystemExit):  # UserError is a SystemExit: no traceback from this thread
                     return
 
         thread = threading.Thread(target=load, name="ednerf-prefetch", daemon=True)

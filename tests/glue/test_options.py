@@ -168,3 +168,16 @@ def test_an_interrupted_edit_resumes(trained_run, scene, cache_dir, tmp_path):
         bad = edit_config(trained_run, None, tmp_path / "c", cache_dir, steps=1)
         bad.resume = trained_run
         bad.validate()
+
+
+def test_only_an_ns_train_process_ends_itself(monkeypatch):
+    """exit_after_save ends the process after the final save only in an `ns-train` process, never inside another
+    program (tests, ednerf-demo, ednerf-edit, the benchmarks), whose work goes on after the run."""
+    import sys
+
+    from ednerf_ns import trainer
+
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/ns-train", "ed-nerf-edit"])
+    assert trainer.started_by_ns_train()
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/ednerf-demo"])
+    assert not trainer.started_by_ns_train()

@@ -77,3 +77,19 @@ def test_missing_models_fail_in_one_line(tmp_path):
     with pytest.raises(UserError, match="that hub id was removed; use " + DEFAULT_MODEL):
         _ = LatentDiffusion("runwayml/stable-diffusion-v1-5").vae
     assert looks_like_path("./models/sd") and not looks_like_path("org/name")
+
+
+def test_prefetch_loads_in_the_background_and_leaves_errors_to_the_caller(tiny_sd, tmp_path):
+    """The edit's trainer starts loading the UNet and text encoder while the dataset is read; a part that cannot
+    load there is loaded again by whoever needs it, and that load reports the error in one line."""
+    diffusion = LatentDiffusion(str(tiny_sd), "cpu")
+    diffusion.prefetch(("tokenizer", "text_encoder")).join(timeout=300)
+    assert diffusion.loaded_parts() == ["text_encoder", "tokenizer"]
+    broken = tmp_path / "no-unet"
+    shutil.copytree(tiny_sd, broken)
+    shutil.rmtree(broken / "unet")
+    partial = LatentDiffusion(str(broken), "cpu")
+    partial.prefetch(("unet", "vae")).join(timeout=300)  # nothing escapes the thread; it stops at the failure
+    assert partial.loaded_parts() == []
+    with pytest.raises(UserError, match="no 'unet/' subfolder"):
+        _ = partial.unet
