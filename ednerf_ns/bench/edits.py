@@ -686,8 +686,8 @@ def dds_2d_reference(pipeline, pair: Pair, steps: int, defaults) -> tuple[list[R
     Each step moves every latent by `rate` times the (masked) DDS gradient plus the masked reconstruction term,
     the update of the 2D original (SGD on its loss, 0.1 x 2000 / 64^2 = 0.05 per element). Returns the decoded
     edited latents and the decoded unedited ones (the reference's own "source", for its background PSNR)."""
-    from ednerf_ns.models2d.segmentation import binarize
     from ednerf_ns.ops import guidance
+    from ednerf_ns.ops.latent_grid import binarize
 
     diffusion = pipeline.model.diffusion
     views = pipeline.datamanager.cached_eval
