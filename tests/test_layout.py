@@ -10,6 +10,8 @@ since a lazy import is a dependency too - and checks:
 - ops/ imports no nerfstudio, diffusers, transformers and nothing of ednerf_ns; models2d/ no nerfstudio; accel/ no
   diffusers or transformers;
 - the package's __init__ imports nothing (`ns-train` imports every plugin) and every folder says its job;
+- every name taken from an ednerf_ns module (`from ednerf_ns.x import a`, `x.a` on an imported module, lazy ones
+  included) exists there, so a stale import left by a move fails here rather than in the one code path that runs it;
 - the classes a saved config.yml names (its yaml tags) are exactly the pinned glue classes, and each resolves.
 
 The checks are plain functions over a graph, and `test_the_checks_can_fail` runs them on a small broken graph.
@@ -64,6 +66,8 @@ class Module:
     """The ednerf_ns modules imported."""
     private: list[str] = field(default_factory=list)
     """`_private` names reached in other ednerf_ns modules, as 'module._name (line)'."""
+    names: list[tuple[str, str, int]] = field(default_factory=list)
+    """Names taken from ednerf_ns modules (import or attribute), as (module, name, line)."""
 
 
 def module_name(path: Path) -> str:
@@ -101,11 +105,14 @@ def read_imports(module: Module, modules: dict[str, Module], source: str | None 
                     aliases[alias.asname or alias.name] = full
                 else:
                     add(module, base, modules)
-                    if base.split(".")[0] == "ednerf_ns" and is_private(alias.name) and base != module.name:
-                        module.private.append(f"{base}.{alias.name} (line {node.lineno})")
+                    if base.split(".")[0] == "ednerf_ns":
+                        module.names.append((base, alias.name, node.lineno))
+                        if is_private(alias.name) and base != module.name:
+                            module.private.append(f"{base}.{alias.name} (line {node.lineno})")
     for node in ast.walk(tree):  # module._name, where `module` is an imported ednerf_ns module
         if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases:
             target = aliases[node.value.id]
+            module.names.append((target, node.attr, node.lineno))
             if is_private(node.attr) and target != module.name:
                 module.private.append(f"{target}.{node.attr} (line {node.lineno})")
 
@@ -191,6 +198,57 @@ def forbidden(modules: dict[str, Module]) -> list[str]:
     return out
 
 
+def defined_names(source: str) -> set[str] | None:
+    """The names a module defines at its top level (inside if/try/with/for too); None if it has `__getattr__`."""
+    names: set[str] = set()
+
+    def targets(node: ast.AST) -> None:
+        for sub in ast.walk(node):
+            if isinstance(sub, ast.Name):
+                names.add(sub.id)
+
+    def visit(body: list[ast.stmt]) -> None:
+        for node in body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                names.add(node.name)
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                names.update((a.asname or a.name).split(".")[0] for a in node.names)
+            elif isinstance(node, ast.Assign):
+                for target in node.targets:
+                    targets(target)
+            elif isinstance(node, (ast.AnnAssign, ast.AugAssign)):
+                targets(node.target)
+            elif isinstance(node, (ast.For, ast.AsyncFor)):
+                targets(node.target)
+            elif isinstance(node, (ast.With, ast.AsyncWith)):
+                for item in node.items:
+                    if item.optional_vars is not None:
+                        targets(item.optional_vars)
+            for block in ("body", "orelse", "finalbody"):
+                if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                    visit(getattr(node, block, []))
+            for handler in getattr(node, "handlers", []):
+                visit(handler.body)
+
+    visit(ast.parse(source).body)
+    return None if "__getattr__" in names else names
+
+
+def missing_names(modules: dict[str, Module], sources: dict[str, str]) -> list[str]:
+    """Names taken from an ednerf_ns module that it does not define (and that are not its submodules)."""
+    defined = {name: defined_names(source) for name, source in sources.items()}
+    out = []
+    for module in modules.values():
+        for target, name, line in module.names:
+            if target not in modules:
+                out.append(f"{module.name} (line {line}): no module {target}")
+                continue
+            known = defined.get(target)
+            if known is not None and name not in known and f"{target}.{name}" not in modules:
+                out.append(f"{module.name} (line {line}): {target} has no {name}")
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------- the package
 @pytest.fixture(scope="module")
 def modules() -> dict[str, Module]:
@@ -211,6 +269,11 @@ def test_no_private_name_from_another_module(modules):
 
 def test_folders_import_only_what_their_job_allows(modules):
     assert forbidden(modules) == []
+
+
+def test_every_imported_name_exists(modules):
+    sources = {m.name: m.path.read_text() for m in modules.values()}
+    assert missing_names(modules, sources) == []
 
 
 def test_every_folder_says_its_job_and_the_package_imports_nothing(modules):
@@ -255,6 +318,32 @@ def test_the_checks_can_fail():
     read_imports(probe, known, source)
     assert probe.edges == {"ednerf_ns.tools.runs", "ednerf_ns.models2d.diffusion"}
     assert probe.private == ["ednerf_ns.models2d.diffusion._quiet (line 4)", "ednerf_ns.tools.runs._reset (line 5)"]
+    # a stale name (moved away), a stale module, and names that do exist in several top-level forms
+    stale = Module("ednerf_ns.bench.stale", Path("stale.py"))
+    known = {name: Module(name, Path(name)) for name in ("ednerf_ns.ops", "ednerf_ns.ops.a", "ednerf_ns.bench.stale")}
+    source = "\n".join(
+        [
+            "import ednerf_ns.ops.a as a",
+            "",
+            "def f():",
+            "    from ednerf_ns.ops.a import (",
+            "        kept,",
+            "        gone,",
+            "    )",
+            "    from ednerf_ns.ops import a, b",
+            "    from ednerf_ns.ops.moved import c",
+            "    return a.also_gone, a.CONST, a.maybe",
+        ]
+    )
+    read_imports(stale, known, source)
+    defines = "import os\nfrom x import kept\nCONST: int = 1\ntry:\n    maybe = 1\nexcept ImportError:\n    maybe = 0\n"
+    sources = {"ednerf_ns.ops.a": defines, "ednerf_ns.ops": ""}
+    assert missing_names(known | {"ednerf_ns.bench.stale": stale}, sources) == [
+        "ednerf_ns.bench.stale (line 4): ednerf_ns.ops.a has no gone",
+        "ednerf_ns.bench.stale (line 8): ednerf_ns.ops has no b",
+        "ednerf_ns.bench.stale (line 9): no module ednerf_ns.ops.moved",
+        "ednerf_ns.bench.stale (line 10): ednerf_ns.ops.a has no also_gone",
+    ]
 
 
 # ---------------------------------------------------------------------------------------------------- config.yml
