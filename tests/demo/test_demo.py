@@ -60,9 +60,9 @@ def test_demo_writes_a_before_after_orbit(demo):
 def test_demo_edit_recolours_the_object_and_keeps_the_rest(demo):
     _, metrics = demo
     assert metrics["latent_psnr"] > 20.0
-    # --quick edits 120 steps; with this round's defaults (frozen geometry) it measured 0 -> 0.43 on the CPU (the
-    # full-length guard is tests/glue/test_edit_defaults.py): the threshold keeps a clear margin
-    assert metrics["object_color_score_after"] - metrics["object_color_score_before"] > 0.25
+    # --quick trains 400 steps and edits the demo's 300: measured 0 -> 0.87 on the CPU (the full-length guard is
+    # tests/glue/test_edit_defaults.py); the threshold keeps a clear margin
+    assert metrics["object_color_score_after"] - metrics["object_color_score_before"] > 0.6
     assert metrics["background_psnr"] > 22.0
 
 
