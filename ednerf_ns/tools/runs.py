@@ -195,19 +195,53 @@ def apply_overrides(config, overrides: dict[str, object]) -> None:
 
 
 def labelled_contact_sheet(rows: list[list[Tensor]], labels: list[str], path: Path, title: str | None = None) -> Path:
-    """`contact_sheet` saved as PNG with each column's label (and an optional title line) on a white strip above."""
+    """`contact_sheet` saved as PNG with each column's label (and an optional title line) on a white strip above.
+    A label wider than its column wraps onto more lines (at most LABEL_LINES, the last cut with '…')."""
     from PIL import ImageDraw
 
     sheet = Image.fromarray((contact_sheet(rows).clamp(0, 1).numpy() * 255).round().astype(np.uint8))
     cell = max(img.shape[1] for row in rows for img in row) + 4
-    top = 16 * (1 + (title is not None))
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength
+    wrapped = [wrap_label(label, cell - 4, measure) for label in labels[: max(len(r) for r in rows)]]
+    strip = LABEL_LINE * max(1, *(len(lines) for lines in wrapped)) + 4
+    top = strip + (LABEL_LINE + 4 if title is not None else 0)
     labelled = Image.new("RGB", (sheet.width, sheet.height + top), "white")
     labelled.paste(sheet, (0, top))
     draw = ImageDraw.Draw(labelled)
     if title is not None:
-        draw.text((2, 2), title, fill="black")
-    for c, label in enumerate(labels[: max(len(r) for r in rows)]):
-        draw.text((c * cell + 2, top - 14), label, fill="black")
+        draw.text((2, 2), wrap_label(title, sheet.width - 4, measure, max_lines=1)[0], fill="black")
+    for c, lines in enumerate(wrapped):
+        for i, line in enumerate(lines):
+            draw.text((c * cell + 2, top - strip + 2 + i * LABEL_LINE), line, fill="black")
     path.parent.mkdir(parents=True, exist_ok=True)
     labelled.save(path, optimize=True)
     return path
+
+
+LABEL_LINE = 12  # pixels per line of PIL's default font
+LABEL_LINES = 3
+
+
+def wrap_label(text: str, width: float, measure, max_lines: int = LABEL_LINES) -> list[str]:
+    """`text` in lines no wider than `width` (as `measure` gives widths): broken between words, a word too long for a
+    line cut with '…', and at most `max_lines` lines, the last cut with '…' when text is left over."""
+
+    def fit(line: str) -> str:
+        if measure(line) <= width:
+            return line
+        while line and measure(line + "…") > width:
+            line = line[:-1]
+        return line + "…"
+
+    lines: list[str] = []
+    for word in text.split():
+        joined = f"{lines[-1]} {word}" if lines else word
+        if lines and measure(joined) <= width:
+            lines[-1] = joined
+        else:
+            lines.append(word)
+    lines = [fit(line) for line in lines] or [""]
+    if len(lines) > max_lines:
+        # greedy wrapping put the next word on a new line, so the joined rest never fits: it ends in '…'
+        lines = [*lines[: max_lines - 1], fit(" ".join(lines[max_lines - 1 :]))]
+    return lines
