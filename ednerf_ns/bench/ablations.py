@@ -281,7 +281,7 @@ def measure_scene(scene: Scene, runs: dict[str, Path], scorer, advance, picture_
     refinement["on_without_refinement_layer"] = reconstruction(unrefined)
 
     defaults = EdNerfEditModelConfig()
-    regions, region_info = edit_regions(source, defaults.mask_threshold, defaults.mask_dilation)
+    regions, region_info = edit_regions(source, defaults.mask_threshold, defaults.mask_dilation, dataset_masks=True)
     assert regions is not None
     pairs = neighbour_pairs(source)
     source_consistency = consistency(source, pairs, regions, tolerance=0.05)

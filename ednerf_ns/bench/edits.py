@@ -499,7 +499,7 @@ def measure_pair(pair: Pair, source_run: Path, edit_runs: dict[str, Path], truth
     source_depth = fine_depths(pipeline, source)
     floor = floor_plane(pipeline)
     defaults = EdNerfEditModelConfig()
-    regions, _ = edit_regions(source, defaults.mask_threshold, defaults.mask_dilation)
+    regions, _ = edit_regions(source, defaults.mask_threshold, defaults.mask_dilation, dataset_masks=True)
     assert regions is not None, "demo scenes have object masks"
     truth_images, truth_masks = read_truth(truth, source)
     target_obj = parse_scene_prompt(pair.target).objects[0]

@@ -53,8 +53,12 @@ class EvalConfig:
     """Compute the CLIP metrics (--no-clip skips them, e.g. on a machine without the CLIP weights)."""
     clip_model: str = DEFAULT_CLIP
     """CLIP checkpoint: a hub id or a local folder in transformers layout (CLIPModel + CLIPProcessor)."""
+    dataset_masks: bool | None = None
+    """Whether the dataset's masks mark the edited object (the region the background metrics leave out). Default:
+    as the edit did (--pipeline.model.mask-source dataset); in nerfstudio a dataset mask usually marks pixels to
+    ignore, so they are not taken as the object otherwise."""
     mask_prompt: str | None = None
-    """Region of the edit for the background metrics, segmented with CLIPSeg, when the dataset has no masks.
+    """Region of the edit for the background metrics, segmented with CLIPSeg, when dataset masks do not mark it.
     Default: the edited run's --pipeline.model.mask-prompt, if it used one."""
     consistency_tolerance: float = 0.05
     """Depth test of the reprojection: a point counts as visible in the other view when that view's depth there
@@ -208,6 +212,8 @@ def edit_regions(
     views: list[RenderedView],
     threshold: float,
     dilation: int,
+    *,
+    dataset_masks: bool,
     mask_prompt: str | None = None,
     segmentation_model: str = "CIDAS/clipseg-rd64-refined",
     device: torch.device | str = "cpu",
@@ -215,14 +221,16 @@ def edit_regions(
 ) -> tuple[list[Tensor] | None, dict]:
     """Per view, the [H, W] bool region the edit may change, made the way the edit makes its mask M.
 
-    Dataset masks (or CLIPSeg probabilities for `mask_prompt`) are brought to latent resolution, thresholded and
-    dilated exactly as `ed-nerf-edit` does, then upsampled x8: outside this region the edit promises to keep the
-    scene. Returns (None, reason) when nothing marks the region.
+    Dataset masks (when `dataset_masks` says they mark the object), or else CLIPSeg probabilities for
+    `mask_prompt`, are brought to latent resolution, thresholded and dilated exactly as `ed-nerf-edit` does, then
+    upsampled x8: outside this region the edit promises to keep the scene. Returns (None, reason) when nothing
+    marks the region.
     """
     from ednerf_ns.models2d.segmentation import TextSegmenter
 
     info: dict = {"threshold": threshold, "dilation": dilation}
-    if all(v.mask is not None for v in views):
+    has_masks = all(v.mask is not None for v in views)
+    if dataset_masks and has_masks:
         info["source"] = "dataset masks"
         softs = [downsample_mask(v.mask[..., None]) for v in views]  # type: ignore[index]
     elif mask_prompt:
@@ -231,10 +239,17 @@ def edit_regions(
         softs = [segmenter.latent_probabilities(v.image, mask_prompt) for v in views]
     else:
         info["source"] = None
-        info["reason"] = (
-            "the dataset has no masks and the edit used no mask prompt: nothing marks the unedited region "
-            "(pass --mask-prompt 'the edited object' to segment it with CLIPSeg)"
-        )
+        if has_masks:
+            info["reason"] = (
+                "the edit used neither the dataset's masks nor a mask prompt: nothing marks the unedited region "
+                "(pass --dataset-masks True if the masks mark the edited object, or --mask-prompt 'the edited "
+                "object' to segment it with CLIPSeg)"
+            )
+        else:
+            info["reason"] = (
+                "the dataset has no masks and the edit used no mask prompt: nothing marks the unedited region "
+                "(pass --mask-prompt 'the edited object' to segment it with CLIPSeg)"
+            )
         return None, info
     regions = []
     for view, soft in zip(views, softs, strict=True):
@@ -428,10 +443,14 @@ def main(cfg: EvalConfig) -> dict:
         if getattr(edit_model, "mask_source", "auto") == "none" and cfg.mask_prompt is None:
             mask_prompt = None  # that edit had no mask; only dataset masks (or --mask-prompt) can mark a region
         cache = dm.config.cache_dir
+        dataset_masks = cfg.dataset_masks
+        if dataset_masks is None:  # as the edit did: nerfstudio masks mark pixels to ignore unless told otherwise
+            dataset_masks = getattr(edit_model, "mask_source", "auto") == "dataset"
         regions, mask_info = edit_regions(
             source,
             threshold=getattr(edit_model, "mask_threshold", defaults.mask_threshold),
             dilation=getattr(edit_model, "mask_dilation", defaults.mask_dilation),
+            dataset_masks=dataset_masks,
             mask_prompt=mask_prompt,
             segmentation_model=getattr(edit_model, "segmentation_model", defaults.segmentation_model),
             device=device,

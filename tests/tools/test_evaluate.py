@@ -70,6 +70,7 @@ def test_identical_runs(trained_run, tiny_clip, tmp_path):
         target_prompt="a blue sphere",
         split="train",
         max_views=2,
+        dataset_masks=True,  # an ed-nerf run records no edit mask: say what the test scene's masks mark
     )
     result = main(config)
     metrics = result["metrics"]
@@ -109,13 +110,42 @@ def test_bad_paths_and_missing_clip_model_are_refused_in_one_line(trained_run, e
 def test_edit_region_from_clipseg_or_none(tiny_clipseg):
     image = torch.rand(32, 48, 3)
     view = RenderedView("v.png", image, image, None, torch.zeros(4, 4, 6), torch.zeros(4, 4, 6))
-    regions, info = edit_regions([view], threshold=0.35, dilation=1)
+    regions, info = edit_regions([view], threshold=0.35, dilation=1, dataset_masks=True)
     assert regions is None and "no masks" in info["reason"]
     regions, info = edit_regions(
-        [view], threshold=0.0, dilation=0, mask_prompt="the sphere", segmentation_model=str(tiny_clipseg)
-    )
+        [view], threshold=0.0, dilation=0, dataset_masks=True, mask_prompt="the sphere",
+        segmentation_model=str(tiny_clipseg),
+    )  # fmt: skip
     assert regions is not None and regions[0].shape == (32, 48) and bool(regions[0].all())
     assert "CLIPSeg" in info["source"] and info["coverage"] == 1.0
+
+
+def test_dataset_masks_mark_the_object_only_when_said():
+    """In nerfstudio a dataset mask marks pixels to ignore; only an edit that used them as its region (or
+    --dataset-masks True) makes them the object region of the background metrics."""
+    image = torch.rand(32, 32, 3)
+    mask = torch.zeros(32, 32)
+    mask[8:24, 8:24] = 1.0
+    view = RenderedView("v.png", image, image, mask, torch.zeros(4, 4, 6), torch.zeros(4, 4, 6))
+    regions, info = edit_regions([view], threshold=0.35, dilation=0, dataset_masks=True)
+    assert info["source"] == "dataset masks" and regions is not None and 0.2 < info["coverage"] < 0.3
+    regions, info = edit_regions([view], threshold=0.35, dilation=0, dataset_masks=False)
+    assert regions is None and "--dataset-masks True" in info["reason"] and "\n" not in info["reason"]
+
+
+def test_ednerf_eval_follows_the_edit_on_dataset_masks(trained_run, edited_run, tmp_path):
+    config = yaml.load((edited_run / "config.yml").read_text(), Loader=yaml.Loader)
+    assert config.pipeline.model.mask_source == "dataset"
+    config.pipeline.model.mask_source = "auto"  # the same weights, as an edit that ignored the dataset's masks
+    unmasked = tmp_path / "unmasked"
+    unmasked.mkdir()
+    (unmasked / "config.yml").write_text(yaml.dump(config))
+    shutil.copytree(edited_run / "nerfstudio_models", unmasked / "nerfstudio_models")
+    common = dict(source=trained_run, output_dir=tmp_path / "out", clip=False, split="train", max_views=2)
+    result = main(EvalConfig(edited=unmasked, **common))
+    assert result["metrics"]["background_psnr"] is None and result["edit_region"]["source"] is None
+    result = main(EvalConfig(edited=unmasked, dataset_masks=True, **common))
+    assert result["edit_region"]["source"] == "dataset masks" and result["metrics"]["background_psnr"] > 10
 
 
 def test_masked_ssim_and_directional_similarity():
