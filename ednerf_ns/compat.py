@@ -64,6 +64,7 @@ def index_viser_icons() -> bool:
             return f.read(entry[1]).decode("utf-8")
 
     svg_from_icon.indexed_by_ednerf = True  # type: ignore[attr-defined]
+    svg_from_icon.viser_reader = original  # type: ignore[attr-defined]
     for module in (icons, gui_api, gui_handles):  # the modules that imported the name
         if getattr(module, "svg_from_icon", None) is original:
             module.svg_from_icon = svg_from_icon

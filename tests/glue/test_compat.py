@@ -14,9 +14,13 @@ viser_icons = pytest.importorskip("viser._icons")
 
 @pytest.fixture
 def restore_viser_reader():
+    """viser's own reader in place (a pipeline built earlier in this process has indexed it), restored after."""
     modules = [importlib.import_module(m) for m in ("viser._icons", "viser._gui_api", "viser._gui_handles")]
     saved = [m.svg_from_icon for m in modules]
-    yield saved[0]
+    original = getattr(saved[0], "viser_reader", saved[0])
+    for module in modules:
+        module.svg_from_icon = original
+    yield original
     for module, reader in zip(modules, saved, strict=True):
         module.svg_from_icon = reader
 
