@@ -40,6 +40,18 @@ def run_cli(
     )  # fmt: skip
 
 
+@pytest.fixture(autouse=True)
+def no_test_ends_the_test_process(monkeypatch):
+    """A trainer run in-process as `ns-train` (argv faked) would end pytest itself after its final save
+    (`exit_after_save`: os._exit(0)), silently, with exit status 0 and the remaining tests never run. Fail instead."""
+    from ednerf_ns import trainer
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("a trainer would have ended the test process (pass --exit-after-save False)")
+
+    monkeypatch.setattr(trainer, "end_process_now", refuse)
+
+
 @pytest.fixture(scope="session")
 def tiny_sd(tmp_path_factory) -> Path:
     """Random-weight tiny Stable Diffusion (vae/, unet/, text_encoder/, tokenizer/, scheduler/)."""

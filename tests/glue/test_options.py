@@ -47,7 +47,8 @@ def ns_train(args: list[str], monkeypatch) -> Path:
     from ednerf_ns.tools.runs import reset_nerfstudio_writers
 
     monkeypatch.setattr(sys, "argv", ["ns-train", *args])
-    config = tyro.cli(AnnotatedBaseConfigUnion, args=args)
+    # an ns-train process ends itself after the final save; this one is pytest, whose work goes on
+    config = tyro.cli(AnnotatedBaseConfigUnion, args=[args[0], "--exit-after-save", "False", *args[1:]])
     reset_nerfstudio_writers()
     try:
         main(config)
