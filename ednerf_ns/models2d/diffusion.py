@@ -162,12 +162,17 @@ class LatentDiffusion:
 
         def load() -> None:
             for part in parts:
+                if not threading.main_thread().is_alive():
+                    return  # the command ended early (bad input, Ctrl-C): stop after the part in hand
                 try:
                     self._load(part)
                 except (Exception, SystemExit):  # UserError is a SystemExit: no traceback from this thread
                     return
 
-        thread = threading.Thread(target=load, name="ednerf-prefetch", daemon=True)
+        # Not a daemon: Python waits for it at exit. A daemon thread still inside torch's C++ loading code when
+        # the interpreter finalizes aborts the process ("terminate called without an active exception", exit
+        # status -6) after a command had already failed with its one line.
+        thread = threading.Thread(target=load, name="ednerf-prefetch", daemon=False)
         thread.start()
         return thread
 
