@@ -292,7 +292,12 @@ def interrupt_training(args: list[str], out: Path, command: str, cache: Path) ->
     from ednerf_ns.checkpoint import read_checkpoint
 
     cmd = [sys.executable, *args]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(cache))
+    # Ctrl-C by default in the child even when pytest itself runs with SIGINT ignored (started with `nohup ... &`
+    # from a script): an ignored SIGINT is inherited, and the child would then never see the key press
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(cache),
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
     assert proc.stdout is not None
     seen = []
     for line in proc.stdout:  # wait until a step has finished: nerfstudio's step table prints its first row
