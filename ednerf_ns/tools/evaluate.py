@@ -439,13 +439,14 @@ def main(cfg: EvalConfig) -> dict:
         edited = render_views(edited_pipeline, cfg.split, n, lambda: progress.advance(task))
 
         task = progress.add_task("Scoring", total=3)
+        mask_source = getattr(edit_model, "mask_source", "auto")  # how the edit made its mask
         mask_prompt = cfg.mask_prompt or getattr(edit_model, "mask_prompt", None)
-        if getattr(edit_model, "mask_source", "auto") == "none" and cfg.mask_prompt is None:
+        if mask_source == "none" and cfg.mask_prompt is None:
             mask_prompt = None  # that edit had no mask; only dataset masks (or --mask-prompt) can mark a region
         cache = dm.config.cache_dir
         dataset_masks = cfg.dataset_masks
         if dataset_masks is None:  # as the edit did: nerfstudio masks mark pixels to ignore unless told otherwise
-            dataset_masks = getattr(edit_model, "mask_source", "auto") == "dataset"
+            dataset_masks = mask_source == "dataset"
         regions, mask_info = edit_regions(
             source,
             threshold=getattr(edit_model, "mask_threshold", defaults.mask_threshold),
